@@ -11,3 +11,12 @@ class ConfigError(UserError):
 
 class DatasetError(UserError):
     """Dataset files that are missing, corrupt, or cannot be downloaded."""
+
+
+def report_error(error: UserError) -> None:
+    """Print the one-line message once per job: every rank hits the same error, rank 0 says it."""
+    import os
+    import sys
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {error}", file=sys.stderr)

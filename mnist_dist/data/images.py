@@ -48,3 +48,20 @@ class ImageSet(torch.utils.data.Dataset):
 def collate_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The DataLoader's collate_fn for ImageSet: `__getitems__` already returned whole batches."""
     return batch
+
+
+class Normalizer:
+    """uint8 (N, C, H, W) -> float32 normalized by the dataset's mean/std, in one fused op on the device.
+
+    x = (pixel / 255 - mean) / std is computed as pixel * scale + shift, with the per-channel
+    scale = 1 / (255 * std) and shift = -mean / std precomputed.
+    """
+
+    def __init__(self, info: DatasetInfo, device: torch.device):
+        mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -mean / std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.float(), self.scale)

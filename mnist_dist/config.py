@@ -1,0 +1,215 @@
+"""The one typed config: defaults < YAML file (`--config`) < command-line flags.
+
+Every field's `help` is also its `--help` text. This module imports no torch, so `--help` and
+config errors answer at once.
+"""
+
+import argparse
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_dist.errors import ConfigError
+
+# The names each option accepts. models.py and data/datasets.py register exactly these
+# (a unit test checks it), so a typo is caught here, before torch is imported.
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-pkl")
+MODELS = ("cnn", "lenet", "linear", "mlp", "mlp-sigmoid", "mlp-wide", "cifar-mlp")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "onecycle", "step")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+CHOICES = {
+    "dataset": DATASETS,
+    "model": MODELS,
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "mixed_precision": PRECISIONS,
+    "wandb": WANDB_MODES,
+}
+
+
+def option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # --- data ---
+    dataset: str = option("digits", "dataset name: " + ", ".join(DATASETS))
+    data_dir: str = option("./data", "folder with dataset files in torchvision's layout; downloads go here")
+    data_file: str = option("", "path to mnist.pkl.gz (dataset mnist-pkl only)")
+    download: bool = option(True, "download missing dataset files (main process only; others wait)")
+    # --- model and optimization ---
+    model: str = option("cnn", "model name: " + ", ".join(MODELS))
+    epochs: int = option(3, "passes over the training set")
+    batch_size: int = option(256, "images per optimizer step per process (global batch = this x processes x grad accum)")
+    eval_batch_size: int = option(1000, "images per evaluation batch per process")
+    lr: float = option(0.2, "learning rate (peak learning rate for onecycle)")
+    optimizer: str = option("sgd", "optimizer: " + ", ".join(OPTIMIZERS))
+    momentum: float = option(0.9, "SGD momentum (0 disables)")
+    nesterov: bool = option(True, "Nesterov momentum for SGD")
+    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
+    schedule: str = option("onecycle", "learning-rate schedule: " + ", ".join(SCHEDULES))
+    lr_step_epochs: int = option(1, "step schedule: epochs between decays")
+    lr_gamma: float = option(0.7, "step schedule: factor applied at each decay")
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing, 0..1")
+    grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
+    max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
+    early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
+    seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process)")
+    deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
+    # --- runtime ---
+    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16")
+    cpu: bool = option(False, "train on the CPU even when a GPU is present")
+    max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
+    dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written, W&B off")
+    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process; the data is in memory)")
+    log_every: int = option(50, "optimizer steps between progress lines and step metrics")
+    run_name: str = option("", "name of the run (default: <model>-<dataset>-<date>-<time>)")
+    run_dir: str = option("", "where config.yaml, metrics.jsonl and the model go (default: runs/<run name>)")
+    wandb: str = option("auto", "Weights & Biases: online, offline, disabled, or auto (online with an API key, else offline)")
+    wandb_project: str = option("mnist-dist", "W&B project")
+    wandb_entity: str = option("", "W&B entity (team or user); default: your default entity")
+
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            value = getattr(self, name)
+            if value not in valid:
+                close = difflib.get_close_matches(str(value), valid, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown {name} '{value}'.{hint} Valid: {', '.join(valid)}.")
+        positive = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be greater than 0, got {self.lr}.")
+        for name in ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
+        if self.dataset == "mnist-pkl" and not self.data_file:
+            raise ConfigError("dataset mnist-pkl reads one file: pass --data-file path/to/mnist.pkl.gz.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the field's type, or say what was expected."""
+    kind = FIELDS[name].type
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    type_name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    raise ConfigError(f"{name} must be {type_name}, got {value!r}.")
+
+
+def _check_known(keys: list[str], source: str) -> None:
+    for key in keys:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, list(FIELDS), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown option '{key}' in {source}.{hint} See python train.py --help.")
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path} does not exist. Pass a YAML file such as configs/lenet.yaml.")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: fix the syntax.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} cannot be read: {error}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of option: value, got {type(data).__name__}.")
+    values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    _check_known(list(values), path)
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, the usual exit code 2, no usage dump
+        raise ConfigError(f"{message}. See python train.py --help.")
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    parser = _Parser(
+        description=description,
+        argument_default=argparse.SUPPRESS,  # only flags given on the command line override
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", help="YAML file of options; flags given here override it")
+    for name, spec in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
+        if spec.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, help=help_text, metavar=name.upper())
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Config from the command line: defaults, then the --config file, then the flags."""
+    parser = build_parser()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [action.option_strings[0] for action in parser._actions if action.option_strings]
+        close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown argument {unknown[0]}.{hint} See python train.py --help.")
+    args = vars(known)
+    values = load_yaml(args.pop("config")) if "config" in args else {}
+    values.update(args)
+    return make_config(values)
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    _check_known(list(values), "the options")
+    return Config(**{name: _coerce(name, value) for name, value in values.items()})
+
+
+def save_yaml(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,49 @@
+"""Named datasets: each gives a train and a test ImageSet plus its DatasetInfo."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_dist.data import digits, files
+from mnist_dist.data.images import DatasetInfo, ImageSet
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+
+# Mean and std of each training set's pixels on the 0..1 scale (the values commonly published).
+INFO = {
+    "digits": DatasetInfo("digits", 1, 28, 28, 10, (digits.MEAN,), (digits.STD,), DIGIT_CLASSES),
+    "mnist": DatasetInfo("mnist", 1, 28, 28, 10, (0.1307,), (0.3081,), DIGIT_CLASSES),
+    "mnist-pkl": DatasetInfo("mnist-pkl", 1, 28, 28, 10, (0.1307,), (0.3081,), DIGIT_CLASSES),
+    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 28, 10, (0.2860,), (0.3530,), FASHION_CLASSES),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES
+    ),
+}
+
+
+@dataclass
+class Data:
+    train: ImageSet
+    test: ImageSet
+    info: DatasetInfo
+
+
+def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Data:
+    """Load a dataset into memory. Call it under `accelerator.main_process_first()` with
+    `download` true on the main process only: the main process fetches or unpacks files (or
+    writes the digits cache) while the others wait, then they read what it wrote."""
+    root = Path(data_dir)
+    if name == "digits":
+        arrays = digits.load_digits(root)
+    elif name == "mnist-pkl":
+        arrays = files.read_mnist_pkl(Path(data_file))
+    else:
+        tv_root = files.prepare_torchvision_files(name, root, download)
+        arrays = (*files.read_torchvision_split(name, tv_root, train=True), *files.read_torchvision_split(name, tv_root, train=False))
+    train_images, train_labels, test_images, test_labels = arrays
+    info = INFO[name]
+    expected = (info.channels, info.height, info.width)
+    for images in (train_images, test_images):
+        assert tuple(images.shape[1:]) == expected, f"{name}: images {tuple(images.shape)} != (N, {expected})"
+    return Data(ImageSet(train_images, train_labels), ImageSet(test_images, test_labels), info)

@@ -1,0 +1,49 @@
+"""Devices, precision and the process group, all through one Accelerator."""
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from mnist_dist.config import Config
+from mnist_dist.errors import ConfigError
+
+
+def launched_world_size() -> int:
+    """Processes started together by torchrun / accelerate launch / SLURM srun (1 when run alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_precision(requested: str, device_type: str) -> str:
+    """auto: bf16 on CUDA GPUs that support it, fp16 on older ones, off on CPU and MPS."""
+    if requested == "auto":
+        if device_type != "cuda":
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "fp16" and device_type == "cpu":
+        raise ConfigError("mixed_precision fp16 needs a GPU; on the CPU use --mixed-precision no (or bf16).")
+    return requested
+
+
+def build_accelerator(config: Config) -> Accelerator:
+    has_cuda = torch.cuda.is_available() and not config.cpu
+    has_mps = torch.backends.mps.is_available() and not config.cpu and not has_cuda
+    if has_mps and launched_world_size() > 1:
+        raise ConfigError("MPS runs one process only: launch train.py without torchrun, or pass --cpu for a CPU group.")
+    device_type = "cuda" if has_cuda else "mps" if has_mps else "cpu"
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    # Without GPUs, Accelerate forms a gloo group from torchrun's processes only when told
+    # cpu=True; otherwise each process silently trains alone on the whole dataset.
+    accelerator = Accelerator(
+        cpu=device_type == "cpu",
+        mixed_precision=resolve_precision(config.mixed_precision, device_type),
+    )
+    if accelerator.num_processes != launched_world_size():
+        raise RuntimeError(
+            f"launched {launched_world_size()} processes but Accelerate formed a group of {accelerator.num_processes}"
+        )
+    # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+    set_seed(config.seed, deterministic=config.deterministic)
+    return accelerator
