@@ -35,12 +35,17 @@ def prepare_run_dir(config: Config, accelerator: Accelerator) -> Path | None:
 
 
 def system_facts(accelerator: Accelerator) -> dict:
+    import accelerate
+    import torchvision
+
     return {
         "device": str(accelerator.device),
-        "processes": accelerator.num_processes,
-        "mixed precision": accelerator.mixed_precision,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "accelerate_version": accelerate.__version__,
+        "python_version": platform.python_version(),
     }
 
 

@@ -1,5 +1,6 @@
 """The training loop: epochs of sharded batches, an exact evaluation after each, metrics to the console and files."""
 
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ class Trainer:
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process  # this process prints, logs and saves
         self.run_dir = run_dir
+        self.facts = facts
         self.device = accelerator.device
         rank, world_size = accelerator.process_index, accelerator.num_processes
 
@@ -97,8 +99,19 @@ class Trainer:
             "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
         }
         self.reporter.summary(summary)
-        self.tracker.summarize({"final_eval_accuracy": evaluation.accuracy, "best_eval_accuracy": best_accuracy})
-        return {"final_eval_accuracy": evaluation.accuracy, "best_eval_accuracy": best_accuracy, "steps": self.step}
+        results = {
+            "final_eval_accuracy": evaluation.accuracy,
+            "final_eval_loss": evaluation.loss,
+            "best_eval_accuracy": best_accuracy,
+            "epochs": epoch + 1,
+            "steps": self.step,
+            "seconds": seconds,
+            **self.facts,
+        }
+        self.tracker.summarize(results)
+        if self.is_main and self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
 
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()

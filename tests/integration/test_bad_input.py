@@ -1,0 +1,66 @@
+"""Bad input through the real entry point: one line naming the problem and the fix, exit 2, no traceback."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_flag_value(train):
+    result, _ = train("--lr", "-0.1", check=False)
+    assert_clean_error(result, "lr must be greater than 0")
+
+
+def test_unknown_key_in_config_file(train, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: lenet\nepoch: 3\n")
+    result, _ = train("--config", path, check=False)
+    assert_clean_error(result, "unknown option 'epoch'", "Did you mean 'epochs'?")
+
+
+def test_missing_dataset_files_without_download(train, tmp_path):
+    result, _ = train("--dataset", "mnist", "--data-dir", tmp_path / "empty", "--no-download", check=False)
+    assert_clean_error(result, "mnist", str(tmp_path / "empty"))
+
+
+def test_corrupt_idx_file(train, tmp_path):
+    raw = tmp_path / "d" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, count in (("train", 6), ("t10k", 4)):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + bytes(28 * 28 * (count - 1)))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + bytes(count))
+    result, _ = train("--dataset", "mnist", "--data-dir", tmp_path / "d", "--no-download", check=False)
+    assert_clean_error(result, "train-images-idx3-ubyte")
+
+
+def test_mnist_pkl_that_is_not_a_dataset(train, tmp_path):
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as file:
+        pickle.dump({"weights": np.zeros(3)}, file, protocol=2)
+    result, _ = train("--dataset", "mnist-pkl", "--data-file", path, check=False)
+    assert_clean_error(result, str(path))
+
+
+def test_run_dir_that_cannot_be_written(train, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result, _ = train("--dataset", "digits", "--max-steps", "1", "--run-dir", blocker / "run", check=False)
+    assert_clean_error(result, "cannot write the run directory", "--run-dir")
+
+
+@pytest.mark.parametrize("processes", [2])
+def test_errors_in_a_distributed_job_are_said_once(train, processes):
+    result, _ = train("--optimizer", "sgdd", processes=processes, check=False)
+    assert result.returncode != 0
+    assert result.stderr.count("error: unknown optimizer 'sgdd'") == 1

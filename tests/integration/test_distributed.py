@@ -1,0 +1,51 @@
+"""Real processes in one gloo group: shards, world size, and exact evaluation."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+PROBE = "tests/integration/probe_sharding.py"
+
+
+def probe(tmp_path, processes, launcher=None):
+    out = tmp_path / f"{processes}-{launcher}"
+    out.mkdir()
+    result = run_script(PROBE, [out], processes, launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(processes)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return probe(tmp_path_factory.mktemp("probe"), 2, "torchrun")
+
+
+def test_two_processes_form_one_group(two_ranks):
+    # Without cpu=True, Accelerate would give each CPU process a world of its own.
+    assert [report["world_size"] for report in two_ranks] == [2, 2]
+    assert [report["rank"] for report in two_ranks] == [0, 1]
+
+
+def test_training_shards_are_disjoint_and_cover_the_dataset(two_ranks):
+    for epoch in range(2):
+        first, second = (set(report["epochs"][epoch]) for report in two_ranks)
+        assert not first & second
+        assert first | second == set(range(1000))
+
+
+def test_training_order_changes_between_epochs(two_ranks):
+    for report in two_ranks:
+        assert report["epochs"][0] != report["epochs"][1]
+
+
+def test_evaluation_counts_every_sample_once_and_matches_one_process(two_ranks, tmp_path):
+    (single,) = probe(tmp_path, 1, "python")
+    for report in two_ranks:
+        assert report["eval"]["count"] == 1234
+        assert report["eval"] == single["eval"]  # exact: the same floats, not approximately
+
+
+def test_accelerate_launch_with_the_cpu_config_forms_one_group(tmp_path):
+    reports = probe(tmp_path, 2, "accelerate")
+    assert [report["world_size"] for report in reports] == [2, 2]

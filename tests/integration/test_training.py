@@ -1,0 +1,89 @@
+"""End-to-end training runs with real processes: accuracy bars, files written, DDP equivalence."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_dist.config import load_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(train):
+    result, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", processes=2)
+    results = summary(run_dir)
+    assert results["world_size"] == 2
+    assert results["final_eval_accuracy"] >= 0.95, results
+    # Everything the run promises is on disk and agrees with itself.
+    assert load_yaml(str(run_dir / "config.yaml"))["model"] == "lenet"
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if line["type"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["eval_accuracy"] == results["final_eval_accuracy"]
+    assert epochs[0]["eval_samples"] == 5000
+    assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100]  # 20,000 / (2 x 100) steps
+    assert set(load_file(run_dir / "model.safetensors")) >= {"0.weight", "9.bias"}
+    assert "final eval accuracy" in result.stdout  # the summary table
+
+
+def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
+    """1 process x batch 100 == 1 process x 2 x batch 50 accumulated == 2 processes x batch 50.
+
+    DistributedSampler deals one permutation round-robin, so 2 ranks x 50 images cover exactly the
+    100 images of the 1-process batch; DDP averages their gradients. The weights must agree.
+    """
+    common = ["--model", "lenet", "--dataset", "digits", "--optimizer", "sgd", "--lr", "0.05", "--schedule", "none",
+              "--label-smoothing", "0", "--weight-decay", "0", "--max-steps", "15", "--deterministic"]  # fmt: skip
+    _, single = train(*common, "--batch-size", "100")
+    _, accumulated = train(*common, "--batch-size", "50", "--grad-accum-steps", "2")
+    _, distributed = train(*common, "--batch-size", "50", processes=2)
+    reference = load_file(single / "model.safetensors")
+    for other in (accumulated, distributed):
+        weights = load_file(other / "model.safetensors")
+        for name, tensor in reference.items():
+            torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-5)
+    assert summary(distributed)["steps"] == summary(single)["steps"] == 15
+
+
+def test_fashion_mnist_lenet_one_epoch_reaches_80_percent(train):
+    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("MNIST_DIST_REQUIRE_FASHION"):
+            pytest.fail(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
+        pytest.skip(f"needs Debian's dataset-fashion-mnist ({FASHION})")
+    _, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "fashion-mnist", "--epochs", "1", processes=2)
+    results = summary(run_dir)
+    assert results["final_eval_accuracy"] >= 0.80, results
+
+
+def test_dry_run_writes_nothing(train, tmp_path):
+    result, run_dir = train("--dry-run", "--model", "mlp", "--dataset", "digits")
+    assert not run_dir.exists()
+    assert "dry run: nothing written" in result.stdout
+
+
+def test_early_stopping_and_max_steps(train):
+    # patience 1 with a learning rate far too small to improve: stops after epoch 2 of 5.
+    _, run_dir = train("--model", "linear", "--dataset", "digits", "--epochs", "5", "--optimizer", "sgd", "--lr", "1e-9",
+                       "--momentum", "0", "--schedule", "none", "--early-stopping-patience", "1", "--batch-size", "500")  # fmt: skip
+    assert summary(run_dir)["epochs"] == 2
+    _, run_dir = train("--model", "linear", "--dataset", "digits", "--max-steps", "7", "--batch-size", "500")
+    assert summary(run_dir)["steps"] == 7
+
+
+def test_demo_script_trains_with_two_processes(data_dir, tmp_path):
+    """The README's main command (scripts/demo.sh), shortened to one epoch."""
+    run_dir = tmp_path / "demo"
+    command = ["bash", "scripts/demo.sh", "--epochs", "1", "--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled"]
+    result = subprocess.run([str(part) for part in command], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary(run_dir)["world_size"] == 2
+    assert "summary" in result.stdout

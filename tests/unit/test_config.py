@@ -1,0 +1,99 @@
+"""Config: defaults < YAML < flags, and every validation error names the problem and the fix."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_dist.config import MODELS, Config, load_yaml, make_config, parse_config, save_yaml
+from mnist_dist.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    path = write(tmp_path, "model: lenet\nlr: 0.5\nepochs: 7\n")
+    config = parse_config(["--config", path, "--lr", "0.01", "--epochs", "3"])
+    assert (config.model, config.lr, config.epochs) == ("lenet", 0.01, 3)
+    assert config.batch_size == Config().batch_size
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; users write it anyway.
+    assert parse_config(["--config", write(tmp_path, "lr: 1e-3\n")]).lr == 0.001
+
+
+def test_yaml_accepts_hyphenated_keys(tmp_path):
+    assert parse_config(["--config", write(tmp_path, "batch-size: 32\n")]).batch_size == 32
+
+
+def test_boolean_flags_have_negations():
+    assert parse_config(["--no-nesterov", "--cpu"]).nesterov is False
+    assert parse_config(["--cpu"]).cpu is True
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    parse_config(["--config", str(REPO / "configs" / name)])
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    config = parse_config(["--model", "mlp", "--lr", "0.003", "--no-download"])
+    save_yaml(config, tmp_path / "config.yaml")
+    assert make_config(load_yaml(str(tmp_path / "config.yaml"))) == config
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "0"], "lr must be greater than 0, got 0.0"),
+        (["--lr", "-1"], "lr must be greater than 0"),
+        (["--lr", "fast"], "lr must be a number, got 'fast'"),
+        (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+        (["--batch-size", "2.5"], "batch_size must be an integer"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--dataset", "mnsit"], "unknown dataset 'mnsit'. Did you mean 'mnist'? Valid: digits, mnist"),
+        (["--model", "vgg"], "unknown model 'vgg'. Valid: " + ", ".join(MODELS)),
+        (["--optimizer", "adm"], "unknown optimizer 'adm'. Did you mean 'adam'? Valid: sgd, adam, adamw"),
+        (["--mixed-precision", "fp8"], "unknown mixed_precision 'fp8'"),
+        (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
+        (["--bacth-size", "3"], "unknown argument --bacth-size. Did you mean --batch-size?"),
+        (["--dataset", "mnist-pkl"], "pass --data-file path/to/mnist.pkl.gz"),
+        (["--config", "/no/such/file.yaml"], "config file /no/such/file.yaml does not exist"),
+    ],
+)
+def test_invalid_flags_are_explained(argv, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(argv)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rate: 0.1\n", "unknown option 'learning_rate'"),
+        ("bach_size: 8\n", "Did you mean 'batch_size'?"),
+        ("epochs: three\n", "epochs must be an integer, got 'three'"),
+        ("cpu: maybe\n", "cpu must be true or false"),
+        ("model: [lenet\n", "is not valid YAML (line 2, column 1)"),
+        ("- lenet\n- cnn\n", "must be a mapping of option: value"),
+    ],
+)
+def test_invalid_config_files_are_explained(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(["--config", write(tmp_path, text)])
+    assert message in str(error.value)
+
+
+def test_help_answers_without_importing_torch():
+    code = "import sys, runpy; sys.argv = ['train.py', '--help']\ntry:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'torchvision', 'accelerate', 'wandb') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "--batch-size" in result.stdout
+    assert result.stdout.strip().endswith("[]")
