@@ -4,7 +4,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 
 from mnist_dist.config import Config
 from mnist_dist.errors import ConfigError
@@ -27,8 +27,9 @@ def resolve_precision(requested: str, device_type: str) -> str:
 
 
 def build_accelerator(config: Config) -> Accelerator:
-    has_cuda = torch.cuda.is_available() and not config.cpu
-    has_mps = torch.backends.mps.is_available() and not config.cpu and not has_cuda
+    force_cpu = config.cpu or parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
+    has_cuda = torch.cuda.is_available() and not force_cpu
+    has_mps = torch.backends.mps.is_available() and not force_cpu and not has_cuda
     if has_mps and launched_world_size() > 1:
         raise ConfigError("MPS runs one process only: launch train.py without torchrun, or pass --cpu for a CPU group.")
     device_type = "cuda" if has_cuda else "mps" if has_mps else "cpu"

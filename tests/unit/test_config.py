@@ -97,3 +97,10 @@ def test_help_answers_without_importing_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert "--batch-size" in result.stdout
     assert result.stdout.strip().endswith("[]")
+
+
+def test_readme_reference_lists_every_option():
+    readme = (REPO / "README.md").read_text()
+    reference = readme[readme.index("## Configuration reference") :]
+    missing = [name for name in Config.__dataclass_fields__ if f"| `{name}` |" not in reference]
+    assert not missing, f"add these options to the README's reference: {missing}"
