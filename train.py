@@ -5,13 +5,14 @@
     torchrun --standalone --nproc_per_node 2 train.py --dataset digits    # 2 CPU processes (gloo)
     accelerate launch --config_file launch/accelerate/multi_gpu.yaml train.py --dataset fashion-mnist
 
-python train.py --help lists every option. Exit codes: 0 done, 2 bad input (one-line message).
+python train.py --help lists every option. Exit codes (mnist_dist/errors.py): 0 finished, 1 crashed,
+2 bad input, 3 stopped by a signal after a checkpoint (run again to resume), 4 the loss diverged.
 """
 
 import sys
 
 from mnist_dist.config import parse_config
-from mnist_dist.errors import UserError, report_error
+from mnist_dist.errors import STOPS, report_error
 
 
 def main(argv: list[str]) -> int:
@@ -20,9 +21,9 @@ def main(argv: list[str]) -> int:
         from mnist_dist.run import train  # torch, torchvision and accelerate load only from here on
 
         train(config)
-    except UserError as error:
+    except STOPS as error:  # bad input, a stop signal, a diverged loss: one line, no traceback
         report_error(error)
-        return 2
+        return error.exit_code
     return 0
 
 

@@ -63,11 +63,16 @@ class Config:
     early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
     seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process)")
     deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
+    # --- checkpoints ---
+    checkpoint_every: int = option(0, "optimizer steps between checkpoints; 0: only at epoch ends")
+    checkpoint_epochs: bool = option(True, "write a checkpoint at the end of every epoch")
+    keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by eval accuracy is kept too)")
+    resume: str = option("auto", "auto (the run dir's newest complete checkpoint, if any), none, or a checkpoint folder")
     # --- runtime ---
     mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16")
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
-    dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written, W&B off")
+    dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off")
     num_workers: int = option(0, "DataLoader worker processes (0: load in the training process; the data is in memory)")
     log_every: int = option(50, "optimizer steps between progress lines and step metrics")
     run_name: str = option("", "name of the run (default: <model>-<dataset>-<date>-<time>)")
@@ -83,13 +88,14 @@ class Config:
                 close = difflib.get_close_matches(str(value), valid, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"unknown {name} '{value}'.{hint} Valid: {', '.join(valid)}.")
-        positive = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
+        positive = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ConfigError(f"lr must be greater than 0, got {self.lr}.")
-        for name in ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers"):
+        for name in ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers",
+                     "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         if not 0 <= self.label_smoothing < 1:

@@ -17,7 +17,7 @@ class Reporter:
     def __init__(self, enabled: bool, log_every: int):
         self.enabled = enabled
         self.log_every = log_every
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.live = self.console.is_terminal
         self.progress: Progress | None = None
         self.epoch_rows: list[tuple[str, ...]] = []
@@ -36,7 +36,7 @@ class Reporter:
             table.add_row(key, str(value))
         self.console.print(table)
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, completed: int = 0) -> None:
         self.epoch_label = f"epoch {epoch + 1}/{epochs}"
         self.steps = steps
         if self.enabled and self.live:
@@ -46,7 +46,7 @@ class Reporter:
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, transient=True,
             )  # fmt: skip
-            self.task = self.progress.add_task(self.epoch_label, total=steps, loss="-", speed="-")
+            self.task = self.progress.add_task(self.epoch_label, total=steps, completed=completed, loss="-", speed="-")
             self.progress.start()
 
     def advance(self) -> None:

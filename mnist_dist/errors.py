@@ -1,8 +1,18 @@
-"""Errors a user can fix. Entry points print them as one line (no traceback) and exit with 2."""
+"""How a run ends when it does not finish. Entry points print the message as one line (no
+traceback) and exit with the class's exit code:
+
+    0  finished
+    1  crashed (a bug or a failure of the machine: a traceback is printed)
+    2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
+    3  stopped by SIGTERM or SIGUSR1 after writing a checkpoint: run again to resume (Preempted)
+    4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
+"""
 
 
 class UserError(Exception):
     """Bad input: a flag, a config file, a dataset file, a checkpoint. The message names the fix."""
+
+    exit_code = 2
 
 
 class ConfigError(UserError):
@@ -13,10 +23,25 @@ class DatasetError(UserError):
     """Dataset files that are missing, corrupt, or cannot be downloaded."""
 
 
-def report_error(error: UserError) -> None:
+class Preempted(Exception):
+    """A stop signal arrived; every rank finished its step and a checkpoint was written."""
+
+    exit_code = 3
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+    exit_code = 4
+
+
+STOPS = (UserError, Preempted, Diverged)
+
+
+def report_error(error: Exception) -> None:
     """Print the one-line message once per job: every rank hits the same error, rank 0 says it."""
     import os
     import sys
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr, flush=True)

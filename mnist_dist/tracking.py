@@ -79,6 +79,10 @@ class Tracker:
                 warnings.warn(f"W&B logging failed, continuing without it: {error}")
                 self.wandb_run = None
 
+    @property
+    def run_id(self) -> str | None:
+        return self.wandb_run.id if self.wandb_run is not None else None
+
     def summarize(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
             self.wandb_run.summary.update(values)

@@ -1,4 +1,4 @@
-"""The training loop: epochs of sharded batches, an exact evaluation after each, metrics to the console and files."""
+"""The training loop: epochs of sharded batches, an exact evaluation after each, checkpoints to resume from."""
 
 import json
 import math
@@ -11,16 +11,22 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from mnist_dist import checkpoint
+from mnist_dist.checkpoint import Checkpointer, TrainingState, save_model
 from mnist_dist.config import Config
 from mnist_dist.console import Reporter
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
-from mnist_dist.data.sharding import eval_shard, train_loader, train_sampler
+from mnist_dist.data.sharding import eval_shard, train_indices, train_loader, train_sampler
+from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate
 from mnist_dist.models import build_model
 from mnist_dist.optim import build_optimizer, build_scheduler
+from mnist_dist.signals import StopRequest
 from mnist_dist.tracking import Tracker
+
+# Optimizer steps between the ranks' checks for a stop signal and a non-finite loss. Each check
+# is one tiny all-reduce and a host sync, so not every step; at ~100 steps/s that is 0.1 s.
+CHECK_EVERY = 10
 
 
 def accumulation_groups(loader, size: int) -> Iterator[list]:
@@ -45,13 +51,14 @@ class Trainer:
         self.device = accelerator.device
         rank, world_size = accelerator.process_index, accelerator.num_processes
 
+        self.train_set = data.train
         self.normalize = Normalizer(data.info, self.device)
         self.sampler = train_sampler(data.train, rank, world_size, config.seed)
-        self.train_loader = train_loader(data.train, config.batch_size, self.sampler, config.num_workers)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
         self.test_size = len(data.test)
 
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / config.grad_accum_steps)
+        batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -61,94 +68,86 @@ class Trainer:
         # Not passed to accelerator.prepare: its wrapper steps a schedule once per process per step.
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.step = 0  # optimizer steps taken, the x axis of every metric
 
+        self.state = TrainingState(world_size=world_size)
+        self.epoch_sums = self.zero_sums()  # this rank's loss sum, correct count, samples in the epoch
+        self.checkpointer = Checkpointer(config, accelerator, run_dir)
         self.reporter = Reporter(self.is_main, config.log_every)
+        resume_from = self.checkpointer.find(config.resume) if run_dir is not None else None
+        if resume_from is not None:
+            self.state, rank_state = self.checkpointer.load(resume_from, self.model, self.optimizer, self.scheduler)
+            self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
+            self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
         self.reporter.show_config(config.to_dict(), facts)
         self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print)
+        self.nonfinite = torch.zeros((), device=self.device, dtype=torch.bool)  # any NaN/inf loss since the last check
+
+    def zero_sums(self) -> dict[str, torch.Tensor]:
+        return {
+            "loss": torch.zeros((), device=self.device, dtype=torch.float64),
+            "correct": torch.zeros((), device=self.device, dtype=torch.int64),
+            "samples": torch.zeros((), device=self.device, dtype=torch.int64),
+        }
 
     def fit(self) -> dict:
-        """Train for the configured epochs (or until max_steps or early stopping); return the summary."""
-        best_accuracy, epochs_since_best = -1.0, 0
+        """Train until the configured epochs, max_steps or early stopping; return the summary."""
         started = time.perf_counter()
-        samples_trained = 0
-        for epoch in range(self.config.epochs):
-            train = self.train_epoch(epoch)
+        evaluation = None
+        with StopRequest() as self.stop:
+            while not self.finished():
+                train = self.train_epoch(self.state.epoch)
+                evaluation = self.evaluate()
+                self.end_epoch(train, evaluation)
+        if evaluation is None:  # resumed a run that had already finished
             evaluation = self.evaluate()
-            samples_trained += train["samples"]
-            self.record_epoch(epoch, train, evaluation)
-            if evaluation.accuracy > best_accuracy:
-                best_accuracy, epochs_since_best = evaluation.accuracy, 0
-            else:
-                epochs_since_best += 1
-            if self.step >= self.total_steps:
-                break
-            if self.config.early_stopping_patience and epochs_since_best >= self.config.early_stopping_patience:
-                self.reporter.print(f"early stopping: no better eval accuracy for {epochs_since_best} epochs")
-                break
-        seconds = time.perf_counter() - started
-        self.save_model()
-        summary = {
-            "final eval accuracy": f"{evaluation.accuracy:.2%}",
-            "best eval accuracy": f"{best_accuracy:.2%}",
-            "final eval loss": f"{evaluation.loss:.4f}",
-            "epochs": epoch + 1,
-            "optimizer steps": self.step,
-            "seconds": seconds,
-            "samples/s (train + eval)": samples_trained / seconds,
-            "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
-        }
-        self.reporter.summary(summary)
-        results = {
-            "final_eval_accuracy": evaluation.accuracy,
-            "final_eval_loss": evaluation.loss,
-            "best_eval_accuracy": best_accuracy,
-            "epochs": epoch + 1,
-            "steps": self.step,
-            "seconds": seconds,
-            **self.facts,
-        }
-        self.tracker.summarize(results)
-        if self.is_main and self.run_dir is not None:
-            (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
-        return results
+        return self.finish(evaluation, time.perf_counter() - started)
+
+    def finished(self) -> bool:
+        state, patience = self.state, self.config.early_stopping_patience
+        if patience and state.epochs_since_best >= patience:
+            self.reporter.print(f"early stopping: no better eval accuracy for {state.epochs_since_best} epochs")
+            return True
+        return state.epoch >= self.config.epochs or state.step >= self.total_steps
 
     def train_epoch(self, epoch: int) -> dict:
+        """Train the rest of `epoch` (all of it, unless resuming inside it)."""
         self.model.train()
-        self.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        steps = min(self.steps_per_epoch, self.total_steps - self.step)
-        self.reporter.start_epoch(epoch, self.config.epochs, steps)
+        indices = train_indices(self.sampler, epoch)  # a new shuffle each epoch, the same on every rank
+        already = self.state.batches_done * self.config.batch_size  # samples trained before a resume
+        loader = train_loader(self.train_set, self.config.batch_size, indices[already:], self.config.num_workers)
+        steps_done = self.state.batches_done // self.config.grad_accum_steps
+        steps = min(self.steps_per_epoch, steps_done + self.total_steps - self.state.step)
+        self.reporter.start_epoch(epoch, self.config.epochs, steps, completed=steps_done)
         # Running sums stay on the device; they are read (a host sync) only at log intervals.
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        samples = 0
         interval_loss, interval_samples, interval_start = torch.zeros((), device=self.device), 0, time.perf_counter()
         epoch_start = time.perf_counter()
-        for step_in_epoch, group in enumerate(accumulation_groups(self.train_loader, self.config.grad_accum_steps), 1):
-            batch_loss_sum, batch_correct, batch_samples = self.train_step(group)
-            loss_sum += batch_loss_sum
-            correct += batch_correct
-            samples += batch_samples
-            interval_loss += batch_loss_sum
-            interval_samples += batch_samples
+        for step_in_epoch, group in enumerate(accumulation_groups(loader, self.config.grad_accum_steps), steps_done + 1):
+            loss_sum, correct, samples = self.train_step(group)
+            self.state.batches_done += len(group)
+            self.epoch_sums["loss"] += loss_sum
+            self.epoch_sums["correct"] += correct
+            self.epoch_sums["samples"] += samples
+            interval_loss += loss_sum
+            interval_samples += samples
             self.reporter.advance()
-            if self.step % self.config.log_every == 0:
+            if self.state.step % self.config.log_every == 0:
                 elapsed = time.perf_counter() - interval_start
                 self.log_step(epoch, step_in_epoch, interval_loss.item() / interval_samples, interval_samples / elapsed)
                 interval_loss.zero_()
                 interval_samples, interval_start = 0, time.perf_counter()
+            if self.state.step % CHECK_EVERY == 0 or self.checkpointer.due_at_step(self.state.step):
+                self.check_health()
+            if self.checkpointer.due_at_step(self.state.step):
+                self.save_checkpoint()
             if step_in_epoch == steps:
                 break
         seconds = time.perf_counter() - epoch_start
+        self.check_health()
         # Sum over ranks so that the epoch's train loss and accuracy cover every rank's samples.
-        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(samples, dtype=torch.float64, device=self.device)])
+        totals = torch.stack([value.double() for value in self.epoch_sums.values()])
         loss_total, correct_total, samples_total = self.accelerator.reduce(totals, reduction="sum").tolist()
-        return {
-            "loss": loss_total / samples_total,
-            "accuracy": correct_total / samples_total,
-            "seconds": seconds,
-            "samples": int(samples_total),
-        }
+        return {"loss": loss_total / samples_total, "accuracy": correct_total / samples_total, "seconds": seconds,
+                "samples": int(samples_total)}  # fmt: skip
 
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward and backward each batch of the group, then one optimizer step.
@@ -170,14 +169,39 @@ class Trainer:
             loss_sum += loss.detach() * len(labels)
             correct += (logits.detach().argmax(dim=1) == labels).sum()
             samples += len(labels)
+        self.nonfinite |= ~torch.isfinite(loss_sum)
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         if not self.accelerator.optimizer_step_was_skipped:  # fp16 skips steps whose gradients overflowed
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self.state.step += 1
         return loss_sum, correct, samples
+
+    def check_health(self) -> None:
+        """All ranks agree: stop on a NaN/inf loss (no checkpoint), or checkpoint and stop on a signal."""
+        flags = torch.stack([self.nonfinite.double(), torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64)])
+        nonfinite, stop = (value > 0 for value in self.accelerator.reduce(flags, reduction="sum").tolist())
+        if nonfinite:
+            last = self.checkpointer.complete_checkpoints()
+            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+            raise Diverged(f"the training loss became NaN or infinite by step {self.state.step}; {kept}. "
+                           "Lower --lr, or set --max-grad-norm.")  # fmt: skip
+        if stop:
+            where = self.save_checkpoint() if self.checkpointer.folder is not None else None
+            signal_name = self.stop.signal_name or "a stop signal (on another rank)"
+            saved = f"checkpoint {where} written; run the same command again to resume" if where else "no run dir to save to"
+            raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
+
+    def save_checkpoint(self) -> Path:
+        # Ranks hold identical weights, so each reaches the same verdict without a collective.
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise Diverged(f"the weights became NaN or infinite by step {self.state.step}; "
+                           "no checkpoint was written for it. Lower --lr, or set --max-grad-norm.")  # fmt: skip
+        rank_state = {"epoch_sums": {key: value.cpu() for key, value in self.epoch_sums.items()}}
+        self.state.wandb_run_id = self.tracker.run_id
+        return self.checkpointer.save(self.state, self.model, self.optimizer, self.scheduler, rank_state)
 
     def evaluate(self) -> EvalResult:
         result = evaluate(self.model, self.eval_shard, self.normalize, self.accelerator)
@@ -185,32 +209,65 @@ class Trainer:
             raise RuntimeError(f"evaluated {result.count} samples, the test set has {self.test_size}")
         return result
 
-    def log_step(self, epoch: int, step_in_epoch: int, loss: float, local_samples_per_second: float) -> None:
-        lr = self.scheduler.get_last_lr()[0]
-        samples_per_second = local_samples_per_second * self.accelerator.num_processes
-        self.reporter.log_step(step_in_epoch, loss, lr, samples_per_second)
-        self.tracker.log("step", self.step, {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second})
-
-    def record_epoch(self, epoch: int, train: dict, evaluation: EvalResult) -> None:
+    def end_epoch(self, train: dict, evaluation: EvalResult) -> None:
+        state = self.state
         row = {
-            "epoch": epoch + 1,
+            "epoch": state.epoch + 1,
             "train_loss": train["loss"],
             "train_accuracy": train["accuracy"],
             "eval_loss": evaluation.loss,
             "eval_accuracy": evaluation.accuracy,
+            "train_samples": train["samples"],
             "eval_samples": evaluation.count,
             "epoch_seconds": train["seconds"],
             "samples_per_second": train["samples"] / train["seconds"],
         }
         self.reporter.end_epoch(row)
-        self.tracker.log("epoch", self.step, row)
+        self.tracker.log("epoch", state.step, row)
+        if evaluation.accuracy > state.best_accuracy:
+            state.best_accuracy, state.best_step, state.epochs_since_best = evaluation.accuracy, state.step, 0
+        else:
+            state.epochs_since_best += 1
+        state.epoch, state.batches_done = state.epoch + 1, 0
+        self.epoch_sums = self.zero_sums()
+        if self.checkpointer.due_at_epoch_end():
+            self.save_checkpoint()
 
-    def save_model(self) -> None:
+    def log_step(self, epoch: int, step_in_epoch: int, loss: float, local_samples_per_second: float) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        samples_per_second = local_samples_per_second * self.accelerator.num_processes
+        self.reporter.log_step(step_in_epoch, loss, lr, samples_per_second)
+        self.tracker.log("step", self.state.step, {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second})
+
+    def finish(self, evaluation: EvalResult, seconds: float) -> dict:
+        """Save the final model, print the summary, write summary.json."""
         self.accelerator.wait_for_everyone()
         if self.is_main and self.run_dir is not None:
-            model = self.accelerator.unwrap_model(self.model)
-            checkpoint.save_model(model, self.config, self.run_dir / "model.safetensors")
+            save_model(self.accelerator.unwrap_model(self.model), self.config, self.run_dir / "model.safetensors")
         self.accelerator.wait_for_everyone()
+        state = self.state
+        results = {
+            "final_eval_accuracy": evaluation.accuracy,
+            "final_eval_loss": evaluation.loss,
+            "best_eval_accuracy": state.best_accuracy,
+            "epochs": state.epoch,
+            "steps": state.step,
+            "seconds": seconds,
+            **self.facts,
+        }
+        self.reporter.summary({
+            "final eval accuracy": f"{evaluation.accuracy:.2%}",
+            "best eval accuracy": f"{state.best_accuracy:.2%}",
+            "final eval loss": f"{evaluation.loss:.4f}",
+            "epochs": state.epoch,
+            "optimizer steps": state.step,
+            "seconds": seconds,
+            "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
+        })  # fmt: skip
+        self.tracker.summarize(results)
+        if self.is_main and self.run_dir is not None:
+            (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
 
     def close(self) -> None:
         self.tracker.close()

@@ -37,17 +37,21 @@ def eval_batches(num_samples: int, batch_size: int, rank: int, world_size: int) 
     ]
 
 
-def train_loader(dataset: ImageSet, batch_size: int, sampler: DistributedSampler, num_workers: int) -> DataLoader:
-    # The sampler already shards: this loader must not go through accelerator.prepare, which would
-    # shard it a second time. The trainer moves batches to the device itself.
+def train_loader(dataset: ImageSet, batch_size: int, indices: list[int], num_workers: int) -> DataLoader:
+    """Batches of `indices` in order (from `train_indices`, possibly minus a resumed prefix).
+
+    This loader must not go through accelerator.prepare, which would shard it a second time; the
+    trainer moves batches to the device itself. Its own generator keeps the DataLoader from
+    drawing on the global RNG, whose state a checkpoint restores.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=indices,
         num_workers=num_workers,
         collate_fn=collate_batched,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        generator=torch.Generator(),
     )
 
 

@@ -1,0 +1,188 @@
+"""Faults with real processes: SIGKILL, SIGTERM on one rank, torchrun restarts, NaN, bad checkpoints.
+
+A resumed run must end with exactly the weights of an uninterrupted one (deterministic mode, the
+same seed), having trained every sample of the interrupted epoch once.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from conftest import REPO, launch_command
+from safetensors.torch import load_file
+
+# 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40.
+ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
+        "--checkpoint-every", "40", "--deterministic", "--lr", "0.05", "--wandb", "disabled"]  # fmt: skip
+
+
+def start(run_dir: Path, data_dir: Path, processes: int, extra=(), launcher_args=()) -> subprocess.Popen:
+    command = launch_command("train.py", processes, "python" if processes == 1 else "torchrun")
+    if launcher_args:
+        command[1:1] = list(launcher_args)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    full = command + ARGS + ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(full, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def run(run_dir, data_dir, processes, extra=()) -> tuple[int, str, str]:
+    return finish(start(run_dir, data_dir, processes, extra))
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def workers(process: subprocess.Popen) -> list[psutil.Process]:
+    """The training processes: the launcher itself for 1 process, torchrun's children otherwise."""
+    children = [p for p in psutil.Process(process.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+    return children or [psutil.Process(process.pid)]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model.safetensors")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first), "weights differ from the uninterrupted run"
+
+
+def epoch_row(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(row for row in reversed(rows) if row["type"] == "epoch")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """Reference runs with 1 and 2 processes, computed once."""
+    runs = {}
+    for processes in (1, 2):
+        run_dir = tmp_path_factory.mktemp(f"reference{processes}") / "run"
+        code, _, stderr = run(run_dir, data_dir, processes)
+        assert code == 0, stderr[-3000:]
+        runs[processes] = run_dir
+    return runs
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(processes, uninterrupted, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, processes)
+    wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
+    for worker in workers(process):
+        worker.kill()
+    process.kill()
+    finish(process)
+    assert not (run_dir / "summary.json").exists(), "killed too late: the run had finished"
+    code, stdout, stderr = run(run_dir, data_dir, processes)
+    assert code == 0, stderr[-3000:]
+    assert "resumed from" in stdout
+    assert_same_weights(run_dir, uninterrupted[processes])
+    # The same samples, each once: identical sample count and loss sums over the interrupted epoch.
+    resumed, reference = epoch_row(run_dir), epoch_row(uninterrupted[processes])
+    assert resumed["train_samples"] == reference["train_samples"] == 240 * 32 * processes
+    assert resumed["train_loss"] == reference["train_loss"]
+
+
+def test_sigterm_on_one_rank_checkpoints_all_ranks_and_exits_3(uninterrupted, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, 2)
+    wait_for(run_dir / "checkpoints" / "step-000040" / "COMPLETE", process)
+    rank1 = next(p for p in workers(process) if p.environ().get("RANK") == "1")
+    rank1.send_signal(signal.SIGTERM)  # only rank 1 knows; rank 0 learns at the next check
+    code, _, stderr = finish(process)
+    assert code != 0  # torchrun reports its workers' exit code 3 as a failure
+    assert "error: stopped by a stop signal (on another rank)" in stderr, stderr[-2000:]
+    assert "run the same command again to resume" in stderr
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest != "step-000040" and not (run_dir / "summary.json").exists()
+    code, stdout, stderr = run(run_dir, data_dir, 2)
+    assert code == 0, stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / latest}" in stdout
+    assert_same_weights(run_dir, uninterrupted[2])
+
+
+def test_sigterm_alone_exits_3_with_a_checkpoint(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, 1)
+    wait_for(run_dir / "checkpoints" / "step-000040" / "COMPLETE", process)
+    process.send_signal(signal.SIGTERM)
+    code, _, stderr = finish(process)
+    assert code == 3, stderr[-2000:]
+    assert "error: stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
+
+
+def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, 2, launcher_args=["--max-restarts", "1"])
+    wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
+    next(p for p in workers(process) if p.environ().get("RANK") == "1").kill()
+    code, stdout, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
+    assert "resumed from" in stdout
+    assert_same_weights(run_dir, uninterrupted[2])
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, stderr = run(run_dir, data_dir, 1, ["--lr", "40", "--schedule", "none", "--checkpoint-every", "2"])
+    assert code == 4, stderr[-2000:]
+    assert "error: the" in stderr and "NaN or infinite" in stderr
+    for checkpoint in (run_dir / "checkpoints").glob("step-*"):
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+
+
+@pytest.fixture
+def checkpointed_run(uninterrupted, tmp_path) -> Path:
+    """A copy of the 1-process reference run, with its checkpoints."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted[1], run_dir)
+    return run_dir
+
+
+def newest(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def test_a_crafted_pickle_is_refused_and_never_runs(checkpointed_run, data_dir, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"optimizer": Exploit()}, newest(checkpointed_run) / "training.pt")
+    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--max-steps", "280"])
+    assert code == 2, stderr[-2000:]
+    assert "refusing to load" in stderr and "Traceback" not in stderr
+    assert not marker.exists()
+
+
+def test_truncated_weights_are_a_clear_error(checkpointed_run, data_dir):
+    path = newest(checkpointed_run) / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--max-steps", "280"])
+    assert code == 2 and "cannot load the weights" in stderr and "Traceback" not in stderr
+
+
+def test_a_checkpoint_of_another_model_is_refused(checkpointed_run, data_dir):
+    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--model", "mlp"])
+    assert code == 2 and "written with model='lenet', this run has 'mlp'" in stderr
