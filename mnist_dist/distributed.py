@@ -26,6 +26,27 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return requested
 
 
+def join_restarted_group(backend: str) -> None:
+    """Form the process group of a torchrun restart (--max-restarts) ourselves.
+
+    torchrun's agent serves one key-value store for all attempts, and the restarted workers would
+    read the killed workers' addresses from the first attempt ("Gloo connectFullMesh failed ...
+    Connection refused"; seen with torch 2.14). Keys under a prefix per attempt start clean.
+    Accelerate then finds the group initialized and uses it.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if attempt == 0 or not agent_store or launched_world_size() == 1 or torch.distributed.is_initialized():
+        return
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    torch.distributed.init_process_group(
+        backend,
+        store=torch.distributed.PrefixStore(f"attempt-{attempt}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=launched_world_size(),
+    )
+
+
 def build_accelerator(config: Config) -> Accelerator:
     force_cpu = config.cpu or parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
     has_cuda = torch.cuda.is_available() and not force_cpu
@@ -35,6 +56,9 @@ def build_accelerator(config: Config) -> Accelerator:
     device_type = "cuda" if has_cuda else "mps" if has_mps else "cpu"
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    join_restarted_group("nccl" if device_type == "cuda" else "gloo")
     # Without GPUs, Accelerate forms a gloo group from torchrun's processes only when told
     # cpu=True; otherwise each process silently trains alone on the whole dataset.
     accelerator = Accelerator(

@@ -25,8 +25,8 @@ ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-
 
 def start(run_dir: Path, data_dir: Path, processes: int, extra=(), launcher_args=()) -> subprocess.Popen:
     command = launch_command("train.py", processes, "python" if processes == 1 else "torchrun")
-    if launcher_args:
-        command[1:1] = list(launcher_args)
+    if launcher_args:  # replace the fixed rendezvous address with these torchrun options
+        command = [command[0], *launcher_args, "--nproc_per_node", str(processes), "train.py"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     full = command + ARGS + ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *extra]
     return subprocess.Popen(full, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -132,7 +132,7 @@ def test_sigterm_alone_exits_3_with_a_checkpoint(data_dir, tmp_path):
 
 def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(run_dir, data_dir, 2, launcher_args=["--max-restarts", "1"])
+    process = start(run_dir, data_dir, 2, launcher_args=["--max-restarts", "1", "--standalone"])
     wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
     next(p for p in workers(process) if p.environ().get("RANK") == "1").kill()
     code, stdout, stderr = finish(process)
