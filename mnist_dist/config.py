@@ -23,6 +23,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+LOADERS = ("auto", "resident", "dataloader")
 CHOICES = {
     "dataset": DATASETS,
     "model": MODELS,
@@ -30,6 +31,7 @@ CHOICES = {
     "schedule": SCHEDULES,
     "mixed_precision": PRECISIONS,
     "wandb": WANDB_MODES,
+    "loader": LOADERS,
 }
 
 
@@ -73,7 +75,8 @@ class Config:
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off")
-    num_workers: int = option(0, "DataLoader worker processes (0: load in the training process; the data is in memory)")
+    loader: str = option("auto", "resident (the split on the device, batches by one gather), dataloader, or auto (resident when it fits)")
+    num_workers: int = option(0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)")
     log_every: int = option(50, "optimizer steps between progress lines and step metrics")
     run_name: str = option("", "name of the run (default: <model>-<dataset>-<date>-<time>)")
     run_dir: str = option("", "where config.yaml, metrics.jsonl and the model go (default: runs/<run name>)")

@@ -16,6 +16,7 @@ from mnist_dist.config import Config
 from mnist_dist.console import Reporter
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
+from mnist_dist.data.resident import ResidentLoader, fits_on
 from mnist_dist.data.sharding import eval_shard, train_indices, train_loader, train_sampler
 from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate
@@ -52,6 +53,8 @@ class Trainer:
         rank, world_size = accelerator.process_index, accelerator.num_processes
 
         self.train_set = data.train
+        use_resident = config.loader == "resident" or (config.loader == "auto" and fits_on(data.train, self.device))
+        self.resident = ResidentLoader(data.train, self.device) if use_resident else None
         self.normalize = Normalizer(data.info, self.device)
         self.sampler = train_sampler(data.train, rank, world_size, config.seed)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
@@ -114,7 +117,10 @@ class Trainer:
         self.model.train()
         indices = train_indices(self.sampler, epoch)  # a new shuffle each epoch, the same on every rank
         already = self.state.batches_done * self.config.batch_size  # samples trained before a resume
-        loader = train_loader(self.train_set, self.config.batch_size, indices[already:], self.config.num_workers)
+        if self.resident is not None:
+            loader = self.resident.batches(indices[already:], self.config.batch_size)
+        else:
+            loader = train_loader(self.train_set, self.config.batch_size, indices[already:], self.config.num_workers)
         steps_done = self.state.batches_done // self.config.grad_accum_steps
         steps = min(self.steps_per_epoch, steps_done + self.total_steps - self.state.step)
         self.reporter.start_epoch(epoch, self.config.epochs, steps, completed=steps_done)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_dist.data import digits, files
+from mnist_dist.data import digits
 from mnist_dist.data.images import DatasetInfo, ImageSet
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -36,11 +36,18 @@ def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Da
     root = Path(data_dir)
     if name == "digits":
         arrays = digits.load_digits(root)
-    elif name == "mnist-pkl":
+        return _as_data(name, arrays)
+    from mnist_dist.data import files  # imports torchvision (about 1 s), which digits runs do without
+
+    if name == "mnist-pkl":
         arrays = files.read_mnist_pkl(Path(data_file))
     else:
         tv_root = files.prepare_torchvision_files(name, root, download)
         arrays = (*files.read_torchvision_split(name, tv_root, train=True), *files.read_torchvision_split(name, tv_root, train=False))
+    return _as_data(name, arrays)
+
+
+def _as_data(name: str, arrays: tuple) -> Data:
     train_images, train_labels, test_images, test_labels = arrays
     info = INFO[name]
     expected = (info.channels, info.height, info.width)

@@ -36,17 +36,21 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
 
 
 def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
-    """1 process x batch 100 == 1 process x 2 x batch 50 accumulated == 2 processes x batch 50.
+    """1 process x batch 100 == 1 process x 2 x batch 50 accumulated == 2 processes x batch 50,
+    and the resident and DataLoader paths give identical weights.
 
     DistributedSampler deals one permutation round-robin, so 2 ranks x 50 images cover exactly the
     100 images of the 1-process batch; DDP averages their gradients. The weights must agree.
     """
     common = ["--model", "lenet", "--dataset", "digits", "--optimizer", "sgd", "--lr", "0.05", "--schedule", "none",
               "--label-smoothing", "0", "--weight-decay", "0", "--max-steps", "15", "--deterministic"]  # fmt: skip
-    _, single = train(*common, "--batch-size", "100")
+    _, single = train(*common, "--batch-size", "100")  # the resident path (auto on CPU)
+    _, classic = train(*common, "--batch-size", "100", "--loader", "dataloader")
     _, accumulated = train(*common, "--batch-size", "50", "--grad-accum-steps", "2")
     _, distributed = train(*common, "--batch-size", "50", processes=2)
     reference = load_file(single / "model.safetensors")
+    # Both data paths feed the same batches: the same bits.
+    assert all(torch.equal(tensor, reference[name]) for name, tensor in load_file(classic / "model.safetensors").items())
     for other in (accumulated, distributed):
         weights = load_file(other / "model.safetensors")
         for name, tensor in reference.items():

@@ -61,3 +61,18 @@ def test_normalizer_matches_torchvision_to_tensor_then_normalize():
 def test_accumulation_groups_keep_every_batch_in_order():
     assert list(accumulation_groups(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
     assert list(accumulation_groups(range(2), 1)) == [[0], [1]]
+
+
+def test_resident_and_dataloader_paths_yield_the_same_batches():
+    from mnist_dist.data.resident import ResidentLoader
+    from mnist_dist.data.sharding import train_loader
+
+    images = torch.randint(0, 256, (103, 1, 4, 4), dtype=torch.uint8)
+    dataset = ImageSet(images, torch.arange(103) % 10)
+    for rank in range(2):
+        indices = train_indices(train_sampler(dataset, rank, 2, seed=5), epoch=3)
+        resident = list(ResidentLoader(dataset, torch.device("cpu")).batches(indices, 16))
+        classic = list(train_loader(dataset, 16, indices, num_workers=0))
+        assert len(resident) == len(classic) == 4  # 52 samples per rank: 3 full batches and 4
+        for (a_images, a_labels), (b_images, b_labels) in zip(resident, classic):
+            assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
