@@ -102,8 +102,9 @@ class Checkpointer:
     def due_at_epoch_end(self) -> bool:
         return self.folder is not None and self.config.checkpoint_epochs
 
-    def save(self, state: TrainingState, model, optimizer, scheduler, rank_state: dict) -> Path:
-        """Every rank calls this at the same step. Returns the new checkpoint's folder."""
+    def save(self, state: TrainingState, module: torch.nn.Module, optimizer, scheduler, rank_state: dict) -> Path:
+        """Every rank calls this at the same step. `module` is the bare model (not DDP- or compile-wrapped).
+        Returns the new checkpoint's folder."""
         accelerator, rank = self.accelerator, self.accelerator.process_index
         final = self.folder / f"step-{state.step:06d}"
         partial = self.folder / f".partial-step-{state.step:06d}"
@@ -115,7 +116,7 @@ class Checkpointer:
         try:
             torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{rank}.pt")
             if accelerator.is_main_process:
-                save_model(accelerator.unwrap_model(model), self.config, partial / "model.safetensors")
+                save_model(module, self.config, partial / "model.safetensors")
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
                            partial / "training.pt")  # fmt: skip
@@ -170,7 +171,7 @@ class Checkpointer:
                             "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder.")  # fmt: skip
         return path
 
-    def load(self, path: Path, model, optimizer, scheduler) -> tuple[TrainingState, dict]:
+    def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:
         """Restore everything saved at `path`; returns the training state and this rank's saved state."""
         try:
             saved = json.loads((path / "state.json").read_text())
@@ -187,7 +188,7 @@ class Checkpointer:
                             f"{self.accelerator.num_processes}: resume with the same number for an exact continuation.")  # fmt: skip
         try:
             weights = load_file(str(path / "model.safetensors"))
-            self.accelerator.unwrap_model(model).load_state_dict(weights)
+            module.load_state_dict(weights)
         except (SafetensorError, OSError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0]
             raise UserError(f"cannot load the weights in {path}/model.safetensors ({first_line}); "

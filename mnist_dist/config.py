@@ -75,6 +75,8 @@ class Config:
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off")
+    channels_last: bool = option(False, "conv models: NHWC memory layout (faster for some models on some CPUs; see docs/BENCHMARKS.md)")
+    compile: bool = option(False, "torch.compile the model (measured slower on small CPUs; try it on GPUs)")
     loader: str = option("auto", "resident (the split on the device, batches by one gather), dataloader, or auto (resident when it fits)")
     num_workers: int = option(0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)")
     log_every: int = option(50, "optimizer steps between progress lines and step metrics")

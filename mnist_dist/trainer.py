@@ -66,11 +66,16 @@ class Trainer:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
 
-        model = build_model(config.model, data.info)
-        optimizer = build_optimizer(config, model)
+        model = build_model(config.model, data.info).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format)
+        optimizer = build_optimizer(config, model, self.device)
         # Not passed to accelerator.prepare: its wrapper steps a schedule once per process per step.
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.module = model  # the bare model, whose weights are saved and loaded: never "module." keys
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)  # DDP-wrapped when distributed
+        if config.compile:  # after DDP wrapping, as PyTorch recommends
+            self.model = torch.compile(self.model)
 
         self.state = TrainingState(world_size=world_size)
         self.epoch_sums = self.zero_sums()  # this rank's loss sum, correct count, samples in the epoch
@@ -78,7 +83,7 @@ class Trainer:
         self.reporter = Reporter(self.is_main, config.log_every)
         resume_from = self.checkpointer.find(config.resume) if run_dir is not None else None
         if resume_from is not None:
-            self.state, rank_state = self.checkpointer.load(resume_from, self.model, self.optimizer, self.scheduler)
+            self.state, rank_state = self.checkpointer.load(resume_from, self.module, self.optimizer, self.scheduler)
             self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
             self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
         self.reporter.show_config(config.to_dict(), facts)
@@ -99,7 +104,9 @@ class Trainer:
         with StopRequest() as self.stop:
             while not self.finished():
                 train = self.train_epoch(self.state.epoch)
+                eval_start = time.perf_counter()
                 evaluation = self.evaluate()
+                train["eval_seconds"] = time.perf_counter() - eval_start
                 self.end_epoch(train, evaluation)
         if evaluation is None:  # resumed a run that had already finished
             evaluation = self.evaluate()
@@ -164,7 +171,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         samples = 0
         for index, (images, labels) in enumerate(group):
-            images = self.normalize(images.to(self.device, non_blocking=True))
+            images = self.normalize(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             # Gradients are all-reduced only on the group's last backward.
             sync = index == len(group) - 1
@@ -207,7 +214,7 @@ class Trainer:
                            "no checkpoint was written for it. Lower --lr, or set --max-grad-norm.")  # fmt: skip
         rank_state = {"epoch_sums": {key: value.cpu() for key, value in self.epoch_sums.items()}}
         self.state.wandb_run_id = self.tracker.run_id
-        return self.checkpointer.save(self.state, self.model, self.optimizer, self.scheduler, rank_state)
+        return self.checkpointer.save(self.state, self.module, self.optimizer, self.scheduler, rank_state)
 
     def evaluate(self) -> EvalResult:
         result = evaluate(self.model, self.eval_shard, self.normalize, self.accelerator)
@@ -225,7 +232,8 @@ class Trainer:
             "eval_accuracy": evaluation.accuracy,
             "train_samples": train["samples"],
             "eval_samples": evaluation.count,
-            "epoch_seconds": train["seconds"],
+            "epoch_seconds": train["seconds"],  # training only; evaluation is eval_seconds
+            "eval_seconds": train["eval_seconds"],
             "samples_per_second": train["samples"] / train["seconds"],
         }
         self.reporter.end_epoch(row)
@@ -249,7 +257,7 @@ class Trainer:
         """Save the final model, print the summary, write summary.json."""
         self.accelerator.wait_for_everyone()
         if self.is_main and self.run_dir is not None:
-            save_model(self.accelerator.unwrap_model(self.model), self.config, self.run_dir / "model.safetensors")
+            save_model(self.module, self.config, self.run_dir / "model.safetensors")
         self.accelerator.wait_for_everyone()
         state = self.state
         results = {

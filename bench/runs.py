@@ -1,0 +1,64 @@
+"""Shared by the benchmarks: run train.py as a user would and read what it wrote."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def train_command(args: list[str], processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(REPO / "train.py"), *args]
+    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes), str(REPO / "train.py"), *args]
+
+
+def run_train(args: list[str], processes: int = 1, threads: int | None = None, watch: tuple[float, ...] = ()) -> dict:
+    """Run train.py to the end. Returns its epoch rows and, for each accuracy in `watch`, the
+    whole-process seconds from launch until an epoch row at or above it appeared in metrics.jsonl."""
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = Path(folder) / "run"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        command = train_command([*args, "--run-dir", str(run_dir), "--wandb", "disabled"], processes)
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        reached: dict[float, float] = {}
+        while process.poll() is None:
+            for accuracy in watch:
+                if accuracy not in reached and any(row["eval_accuracy"] >= accuracy for row in epoch_rows(run_dir)):
+                    reached[accuracy] = time.perf_counter() - started
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()[-2000:]}")
+        rows = epoch_rows(run_dir)
+        for accuracy in watch:  # reached in the last moments before exit
+            if accuracy not in reached and any(row["eval_accuracy"] >= accuracy for row in rows):
+                reached[accuracy] = wall
+        return {"rows": rows, "wall_seconds": wall, "reached": reached}
+
+
+def epoch_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [row for row in rows if row["type"] == "epoch"]
+
+
+def median(values) -> float:
+    return statistics.median(values)
