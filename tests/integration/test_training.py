@@ -91,3 +91,11 @@ def test_demo_script_trains_with_two_processes(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary(run_dir)["world_size"] == 2
     assert "summary" in result.stdout
+
+
+def test_compiled_channels_last_model_trains_and_saves_bare_weights(train):
+    """--compile and --channels-last wrap the model; what is saved is the bare model's state dict."""
+    _, run_dir = train("--model", "cnn", "--dataset", "digits", "--max-steps", "3", "--compile", "--channels-last")
+    saved = load_file(run_dir / "model.safetensors")
+    assert set(saved) == set(load_file(run_dir / "checkpoints" / "step-000003" / "model.safetensors"))
+    assert not any(name.startswith(("_orig_mod", "module.")) for name in saved)
