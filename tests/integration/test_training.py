@@ -20,7 +20,8 @@ def summary(run_dir: Path) -> dict:
 
 
 def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(train):
-    result, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", processes=2)
+    # 2 processes x 50 = the recipe's global batch of 100 (200 steps); seeds 0-4 gave 96-99% here.
+    result, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", "--batch-size", "50", processes=2)
     results = summary(run_dir)
     assert results["world_size"] == 2
     assert results["final_eval_accuracy"] >= 0.95, results
@@ -30,7 +31,7 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     epochs = [line for line in lines if line["type"] == "epoch"]
     assert len(epochs) == 1 and epochs[0]["eval_accuracy"] == results["final_eval_accuracy"]
     assert epochs[0]["eval_samples"] == 5000
-    assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100]  # 20,000 / (2 x 100) steps
+    assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100, 150, 200]  # 20,000 / (2 x 50) steps
     assert set(load_file(run_dir / "model.safetensors")) >= {"0.weight", "9.bias"}
     assert "final eval accuracy" in result.stdout  # the summary table
 
