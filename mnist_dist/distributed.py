@@ -54,6 +54,11 @@ def build_accelerator(config: Config) -> Accelerator:
     if has_mps and launched_world_size() > 1:
         raise ConfigError("MPS runs one process only: launch train.py without torchrun, or pass --cpu for a CPU group.")
     device_type = "cuda" if has_cuda else "mps" if has_mps else "cpu"
+    if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores among this node's processes before the first op (torchrun sets
+        # OMP_NUM_THREADS=1 itself; a single process would otherwise take every core anyway).
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
     if device_type == "cuda":
