@@ -1,0 +1,183 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state) into small PNGs.
+
+Each function takes the split's uint8 images (N, C, H, W) and the per-sample predictions of
+`evaluation.predict_split`, and writes one file of a fixed pixel size: `SIZES` inches x `DPI`.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+SIZES = {  # (width, height) in inches; at 100 dpi, 8 x 7 is an 800 x 700 PNG
+    "confusion_matrix.png": (8, 7),
+    "misclassified.png": (9, 7.5),
+    "samples.png": (10, 7),
+    "predictions.png": (12, 7.5),
+    "curves.png": (10, 4),
+}
+CORRECT, WRONG = "#1a7f37", "#cf222e"  # green and red for right and wrong predictions
+
+
+def new_figure(name: str) -> Figure:
+    figure = Figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, out_dir: Path, name: str) -> Path:
+    path = out_dir / name
+    figure.savefig(path, dpi=DPI)  # no bbox_inches="tight": the PNG keeps its declared size
+    return path
+
+
+def show_image(axes, image: torch.Tensor) -> None:
+    """One uint8 (C, H, W) image, grayscale or RGB, without ticks."""
+    if image.shape[0] == 1:
+        axes.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        axes.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def say_nothing(figure: Figure, message: str) -> None:
+    """A figure with nothing to show still gets written, saying why."""
+    figure.text(0.5, 0.5, message, ha="center", va="center", fontsize=14)
+
+
+def confusion_matrix(confusion: list[list[int]], class_names: list[str], out_dir: Path) -> Path:
+    """Row-normalized: each cell is the fraction of a true class predicted as each class (rows sum to 1)."""
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    normalized = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    figure = new_figure("confusion_matrix.png")
+    axes = figure.add_subplot()
+    picture = axes.imshow(normalized.numpy(), cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(picture, ax=axes, fraction=0.046, label="fraction of the true class")
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for row in ticks:
+        for column in ticks:
+            value = normalized[row, column].item()
+            if value >= 0.005:
+                color = "white" if value > 0.5 else "black"
+                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color)
+    axes.set_title(f"confusion matrix, normalized by true class ({int(counts.sum()):,} samples)")
+    return save(figure, out_dir, "confusion_matrix.png")
+
+
+def misclassified(images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 4, columns: int = 6) -> Path:
+    """The most confident mistakes: wrong predictions ordered by the probability the model gave them."""
+    figure = new_figure("misclassified.png")
+    wrong = (predictions.predicted != predictions.labels).nonzero().squeeze(1)
+    confidence = predictions.probabilities[wrong, predictions.predicted[wrong]]
+    order = sorted(range(len(wrong)), key=lambda i: (-confidence[i].item(), wrong[i].item()))[: rows * columns]
+    if not order:
+        say_nothing(figure, "no mistakes on this split")
+        return save(figure, out_dir, "misclassified.png")
+    for cell, i in enumerate(order, 1):
+        index = wrong[i].item()
+        axes = figure.add_subplot(rows, columns, cell)
+        show_image(axes, images[index])
+        true, predicted = class_names[predictions.labels[index]], class_names[predictions.predicted[index]]
+        axes.set_title(f"{true} / {predicted}\np={confidence[i].item():.2f}", fontsize=8, color=WRONG)
+    figure.suptitle("most confident mistakes (true / predicted, p = probability of the prediction)")
+    return save(figure, out_dir, "misclassified.png")
+
+
+def samples(images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 5, columns: int = 8) -> Path:
+    """The split's first images with the predicted class: green when right, red (with the truth) when wrong."""
+    figure = new_figure("samples.png")
+    for index in range(min(rows * columns, len(images))):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        show_image(axes, images[index])
+        true, predicted = predictions.labels[index].item(), predictions.predicted[index].item()
+        title = class_names[predicted] if true == predicted else f"{class_names[predicted]}\n(true {class_names[true]})"
+        axes.set_title(title, fontsize=8, color=CORRECT if true == predicted else WRONG)
+    figure.suptitle(f"predictions on the first {min(rows * columns, len(images))} images")
+    return save(figure, out_dir, "samples.png")
+
+
+def predictions_with_probabilities(images: torch.Tensor, predictions, class_names: list[str], out_dir: Path) -> Path:
+    """Six images beside their class probabilities: the first three, then the three the model was least sure of."""
+    figure = new_figure("predictions.png")
+    least_sure = predictions.probabilities.max(dim=1).values.argsort()[:3].tolist()
+    chosen = list(dict.fromkeys([0, 1, 2, *least_sure]))[:6]
+    grid = figure.add_gridspec(3, 4, width_ratios=[1, 2.4, 1, 2.4])
+    positions = range(len(class_names))
+    for slot, index in enumerate(chosen):
+        row, column = slot % 3, 2 * (slot // 3)
+        show_image(figure.add_subplot(grid[row, column]), images[index])
+        bars = figure.add_subplot(grid[row, column + 1])
+        true, predicted = predictions.labels[index].item(), predictions.predicted[index].item()
+        colors = ["#9aa4ad"] * len(class_names)
+        colors[predicted] = CORRECT if predicted == true else WRONG
+        bars.barh(positions, predictions.probabilities[index].tolist(), color=colors)
+        bars.set_yticks(positions, class_names, fontsize=7)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=7)
+        bars.set_title(f"true {class_names[true]}, predicted {class_names[predicted]}", fontsize=8)
+    figure.suptitle("class probabilities (left: the first images; right: the least confident)")
+    return save(figure, out_dir, "predictions.png")
+
+
+def read_metrics_log(path: Path) -> tuple[list[dict], list[dict]]:
+    """(step lines, epoch lines) of a metrics.jsonl; an epoch logged twice (a resumed run) keeps its last line."""
+    steps, epochs = [], {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if row.get("type") == "step":
+            steps.append(row)
+        elif row.get("type") == "epoch":
+            epochs[row["epoch"]] = row
+    return steps, [epochs[epoch] for epoch in sorted(epochs)]
+
+
+def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> Path:
+    """Train and eval loss and accuracy per epoch; the logged per-step train loss underneath, lighter."""
+    figure = new_figure("curves.png")
+    steps, epochs = read_metrics_log(metrics_log) if metrics_log and metrics_log.is_file() else ([], [])
+    if not epochs:
+        say_nothing(figure, "no epochs in metrics.jsonl: train with train.py to get curves")
+        return save(figure, out_dir, "curves.png")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    x = [row["epoch"] for row in epochs]
+    steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
+    if steps:
+        loss_axes.plot([row["step"] / steps_per_epoch for row in steps], [row["loss"] for row in steps],
+                       color="#1f77b4", alpha=0.3, label="train (logged steps)")  # fmt: skip
+    smoothing = f" (label smoothing {label_smoothing})" if label_smoothing else ""
+    loss_axes.plot(x, [row["train_loss"] for row in epochs], "o-", color="#1f77b4", label="train" + smoothing)
+    loss_axes.plot(x, [row["eval_loss"] for row in epochs], "s-", color="#ff7f0e", label="eval")
+    accuracy_axes.plot(x, [row["train_accuracy"] for row in epochs], "o-", color="#1f77b4", label="train")
+    accuracy_axes.plot(x, [row["eval_accuracy"] for row in epochs], "s-", color="#ff7f0e", label="eval")
+    for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set_xlabel("epoch")
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        axes.set_xticks(x)
+    return save(figure, out_dir, "curves.png")
+
+
+def draw_all(images: torch.Tensor, predictions, metrics: dict, metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> list[str]:
+    """Every figure of the report; returns their file names in reading order."""
+    names = metrics["class_names"]
+    paths = [
+        confusion_matrix(metrics["confusion_matrix"], names, out_dir),
+        misclassified(images, predictions, names, out_dir),
+        samples(images, predictions, names, out_dir),
+        predictions_with_probabilities(images, predictions, names, out_dir),
+        curves(metrics_log, label_smoothing, out_dir),
+    ]
+    return [path.name for path in paths]

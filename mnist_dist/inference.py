@@ -1,0 +1,148 @@
+"""Loading a trained run: find the weights, recover the config they were trained with, rebuild the model.
+
+`--checkpoint` may name a run directory (`runs/<name>`, whose `model.safetensors` is used, or
+else its newest complete `checkpoints/step-*/model.safetensors`), a checkpoint folder, or a
+`.safetensors` file. The config comes from the file's metadata (train.py writes it there) or from
+a `config.yaml` beside the file or in a folder above it. Every problem a user can fix is a
+one-line UserError.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+
+from mnist_dist.config import FIELDS, Config, make_config
+from mnist_dist.data.datasets import INFO
+from mnist_dist.data.images import DatasetInfo
+from mnist_dist.errors import UserError
+from mnist_dist.models import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: config.yaml is 2 folders up
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged, or does not match the model or dataset asked for."""
+
+
+@dataclass
+class TrainedRun:
+    config: Config  # the resolved config the weights were trained with
+    weights_path: Path
+    state: dict[str, torch.Tensor]
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset the model was trained on: its input shape, classes and normalization."""
+        return INFO[self.config.dataset]
+
+    @property
+    def metrics_log(self) -> Path | None:
+        """The training run's metrics.jsonl, for the learning curves (None for a lone weights file)."""
+        return nearest(self.weights_path, "metrics.jsonl")
+
+
+def nearest(weights_path: Path, name: str) -> Path | None:
+    """`name` in the weights' folder or the closest folder above it (a checkpoint sits inside its run)."""
+    folders = [weights_path.parent, *weights_path.parent.parents][:SEARCH_DEPTH]
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def load_run(checkpoint: str) -> TrainedRun:
+    path = find_weights(Path(checkpoint))
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            state = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({reason}); "
+                              "train again or pass an intact model.safetensors") from None  # fmt: skip
+    return TrainedRun(read_config(path, metadata), path, state)
+
+
+def find_weights(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file")
+    if (path / WEIGHTS_FILE).is_file():
+        return path / WEIGHTS_FILE
+    # A run stopped before its final save: its newest complete checkpoint (checkpoint.py's layout,
+    # checkpoints/step-000120/ with a COMPLETE marker; zero-padded steps sort by name).
+    saved = sorted(file for file in path.glob(f"checkpoints/step-*/{WEIGHTS_FILE}") if (file.parent / "COMPLETE").is_file())
+    if saved:
+        return saved[-1]
+    raise CheckpointError(f"{path} holds no {WEIGHTS_FILE}; pass a finished run directory or a .safetensors file")
+
+
+def read_config(weights_path: Path, metadata: dict[str, str]) -> Config:
+    """The training config: from the weights' metadata, else the nearest config.yaml above them."""
+    if "config" in metadata:
+        try:
+            values = json.loads(metadata["config"])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{weights_path} holds a damaged config in its metadata; train again") from None
+        source = f"the metadata of {weights_path}"
+    else:
+        found = nearest(weights_path, "config.yaml")
+        if found is None:
+            raise CheckpointError(f"{weights_path} carries no config and there is no config.yaml beside it; "
+                                  "put the run's config.yaml next to the weights")  # fmt: skip
+        values, source = read_yaml(found), str(found)
+    # Options added after the run was trained take their defaults; options since removed are ignored.
+    known = {key: value for key, value in values.items() if key in FIELDS}
+    try:
+        return make_config(known)
+    except UserError as error:
+        raise CheckpointError(f"the config in {source} is not valid: {error}") from None
+
+
+def read_yaml(path: Path) -> dict:
+    """A run's config.yaml as a mapping, keeping keys this version does not know (they are dropped later)."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise CheckpointError(f"cannot read the run's config {path} ({type(error).__name__}); restore it from the run") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is not a config (a mapping of option: value); restore it from the run")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def shape(info: DatasetInfo) -> str:
+    return f"{info.channels}x{info.height}x{info.width} images, {info.num_classes} classes"
+
+
+def check_dataset_fits(run: TrainedRun, dataset: str) -> DatasetInfo:
+    """The info of `dataset`, or a CheckpointError when its images or classes do not fit the model."""
+    trained, wanted = run.info, INFO[dataset]
+    if shape(trained) != shape(wanted):
+        raise CheckpointError(f"the {run.config.model} in {run.weights_path} was trained on {trained.name} "
+                              f"({shape(trained)}) and cannot classify {dataset} ({shape(wanted)}); "
+                              f"pass --dataset {trained.name} or a checkpoint trained on {dataset}")  # fmt: skip
+    return wanted
+
+
+def build_trained_model(run: TrainedRun) -> torch.nn.Module:
+    """The architecture named in the config, with the saved weights loaded strictly (every tensor must fit)."""
+    model = build_model(run.config.model, run.info)
+    try:
+        model.load_state_dict(run.state, strict=True)
+    except RuntimeError as error:
+        expected, found = model.state_dict(), run.state
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
+        resized = sorted(name for name in set(expected) & set(found) if expected[name].shape != found[name].shape)
+        detail = (f"{len(missing)} missing tensors (e.g. {missing[0]})" if missing
+                  else f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})" if unexpected
+                  else f"tensor {resized[0]} is {tuple(found[resized[0]].shape)}, expected "
+                       f"{tuple(expected[resized[0]].shape)}" if resized
+                  else str(error).splitlines()[0])  # fmt: skip
+        raise CheckpointError(f"the weights in {run.weights_path} are not a {run.config.model} for "
+                              f"{run.config.dataset}: {detail}; they belong to another architecture or "
+                              "dataset, so pass the config.yaml they were trained with") from None  # fmt: skip
+    return model.eval()

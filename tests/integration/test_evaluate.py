@@ -1,0 +1,185 @@
+"""evaluate.py on a model trained here: exact 1 vs 2 process reports, the figures, prediction, bad input."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_script
+from PIL import Image, ImageDraw
+from safetensors.torch import save_file
+
+from mnist_dist.data.datasets import INFO
+from mnist_dist.figures import DPI, SIZES
+from mnist_dist.models import build_model
+from mnist_dist.predict import mnist_field
+
+# Imported from its file: a package named `evaluate` (Hugging Face's) may be installed too.
+_spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+
+INK, PAPER = (25, 25, 35), (236, 232, 224)  # dark ink on slightly warm paper, like a photo of a drawing
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    """One LeNet trained for one epoch on digits (about 99%), shared by every test in this module."""
+    run_dir = tmp_path_factory.mktemp("evaluate") / "lenet-digits"
+    args = ["--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", "--data-dir", data_dir,
+            "--run-dir", run_dir, "--wandb", "disabled"]  # fmt: skip
+    result = run_script("train.py", args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_process(run_dir):
+    """evaluate.py alone, with the default output folder runs/<name>/eval/."""
+    result = run_script("evaluate.py", ["--checkpoint", run_dir])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result, run_dir / "eval"
+
+
+def main(*args) -> int:
+    return evaluate_script.main([str(arg) for arg in args])
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_report_agrees_with_training_and_prints_every_table(one_process, run_dir):
+    result, out = one_process
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics["samples"] == 5000 and metrics["accuracy"] >= 0.95
+    # The trainer's last evaluation saw the same model and batches (a 5000-image split: 1e-3 is 5 images,
+    # room for kernels that round differently in the training process).
+    assert metrics["accuracy"] == pytest.approx(summary["final_eval_accuracy"], abs=1e-3)
+    assert metrics["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-3)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 5000
+    assert [row["name"] for row in metrics["per_class"]] == [str(digit) for digit in range(10)]
+    for title in ("accuracy", "per class", "confusion matrix", "most confused", "report written to"):
+        assert title in result.stdout
+
+
+def test_two_processes_write_exactly_the_numbers_of_one(one_process, run_dir, tmp_path):
+    result = run_script("evaluate.py", ["--checkpoint", run_dir, "--out", tmp_path], processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("per class") == 1  # only the main process reports
+    single = json.loads((one_process[1] / "metrics.json").read_text())
+    assert json.loads((tmp_path / "metrics.json").read_text()) == single  # every float to the last digit
+
+
+def test_every_figure_is_a_small_non_blank_png_of_its_size(one_process):
+    out = one_process[1]
+    for name, (width, height) in SIZES.items():
+        path = out / name
+        assert path.stat().st_size < 200_000, name
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.size == (width * DPI, height * DPI), name
+            counts = np.bincount(np.asarray(image.convert("L")).ravel(), minlength=256)
+        assert counts.max() < 0.97 * counts.sum(), f"{name} is (nearly) one colour"
+    markdown = (out / "report.md").read_text()
+    assert all(f"]({name})" in markdown for name in SIZES)
+    assert "## Config" in markdown and "| model | `lenet` |" in markdown
+
+
+def draw(path, mode: str, strokes) -> None:
+    """A digit a person might draw: thick dark strokes, off-centre on a 200x150 light canvas."""
+    background = {"RGB": PAPER, "L": PAPER[0], "RGBA": (0, 0, 0, 0)}[mode]  # RGBA: ink on transparency
+    ink = {"RGB": INK, "L": INK[0], "RGBA": (*INK, 255)}[mode]
+    image = Image.new(mode, (200, 150), background)
+    pen = ImageDraw.Draw(image)
+    for kind, points in strokes:
+        if kind == "line":
+            pen.line(points, fill=ink, width=12, joint="curve")
+        else:
+            pen.ellipse(points, outline=ink, width=12)
+    image.save(path)
+
+
+DRAWINGS = {  # file: (true digit, image mode, strokes)
+    "seven.png": ("7", "RGB", [("line", [(30, 25), (95, 25), (60, 130)])]),
+    "one.jpg": ("1", "L", [("line", [(140, 20), (138, 130)])]),
+    "zero.png": ("0", "RGBA", [("ellipse", [(110, 30), (165, 135)])]),
+}
+
+
+def test_predict_reads_drawn_digits_like_the_training_images(run_dir, tmp_path, capsys):
+    for name, (_, mode, strokes) in DRAWINGS.items():
+        draw(tmp_path / name, mode, strokes)
+    assert main("--checkpoint", run_dir, "--predict", tmp_path, "--json") == 0
+    results = {Path(row["file"]).name: row["predictions"] for row in json.loads(capsys.readouterr().out)}
+    assert set(results) == set(DRAWINGS)
+    for name, (digit, _, _) in DRAWINGS.items():
+        assert len(results[name]) == 3
+        assert results[name][0]["class"] == digit, (name, results[name])
+
+
+def test_drawings_are_prepared_the_way_mnist_was(tmp_path):
+    draw(tmp_path / "seven.png", "RGB", DRAWINGS["seven.png"][2])
+    field = mnist_field(Image.open(tmp_path / "seven.png")).astype(float)
+    assert field.shape == (28, 28)
+    assert field[0].max() == field[-1].max() == 0  # light ink on black, with a margin
+    rows, columns = np.nonzero(field > 0.2 * 255)
+    assert max(np.ptp(rows), np.ptp(columns)) + 1 <= 20  # the ink's box scaled into 20x20
+    mass_y, mass_x = (np.indices(field.shape) * field).reshape(2, -1).sum(axis=1) / field.sum()
+    assert abs(mass_y - 13.5) <= 1 and abs(mass_x - 13.5) <= 1  # centred by centre of mass
+    negative = Image.fromarray(255 - np.asarray(Image.open(tmp_path / "seven.png").convert("L")))
+    assert np.abs(mnist_field(negative).astype(float) - field).max() <= 2  # light on dark: the same field
+
+
+def test_an_unreadable_image_is_reported_and_the_others_still_classified(run_dir, tmp_path, capsys):
+    draw(tmp_path / "seven.png", "RGB", DRAWINGS["seven.png"][2])
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main("--checkpoint", run_dir, "--predict", tmp_path / "notes.png", tmp_path / "seven.png") == 2
+    captured = capsys.readouterr()
+    assert error_lines(captured.err) == [line for line in captured.err.splitlines() if line.strip()]
+    assert len(error_lines(captured.err)) == 1 and "notes.png" in captured.err
+    assert "seven.png: 7 " in captured.out
+
+
+def test_a_missing_checkpoint_is_one_line_through_the_real_entry_point(tmp_path):
+    result = run_script("evaluate.py", ["--checkpoint", tmp_path / "nothing-here"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "does not exist" in lines[0] and "nothing-here" in lines[0]
+
+
+def copy_config(run_dir, folder):
+    """The run's config.yaml in a new folder, plus an option from a newer version (which must be ignored)."""
+    folder.mkdir()
+    (folder / "config.yaml").write_text((run_dir / "config.yaml").read_text() + "option_from_a_newer_version: 1\n")
+    return folder
+
+
+def bad_weights(kind: str, run_dir, folder):
+    """A run folder with the lenet-on-digits config.yaml but weights that are not those of that model."""
+    if kind == "corrupt":
+        (folder / "model.safetensors").write_bytes(b"\x00garbage" * 40)
+        return "not a readable safetensors file"
+    model = build_model("mlp", INFO["digits"]) if kind == "architecture" else build_model("lenet", INFO["cifar10"])
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, folder / "model.safetensors")
+    return "are not a lenet for digits"
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "architecture", "dataset"])
+def test_weights_that_do_not_fit_are_one_clear_line(kind, run_dir, tmp_path, capsys):
+    folder = copy_config(run_dir, tmp_path / kind)
+    expected = bad_weights(kind, run_dir, folder)
+    assert main("--checkpoint", folder, "--out", tmp_path / "out") == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and expected in lines[0] and str(folder) in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_the_model_cannot_read_is_refused_before_loading(run_dir, tmp_path, capsys):
+    assert main("--checkpoint", run_dir, "--dataset", "cifar10", "--data-dir", tmp_path / "empty") == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "cannot classify cifar10" in lines[0] and "3x32x32" in lines[0]
+    assert not (tmp_path / "empty").exists()  # refused before any download was tried
