@@ -63,6 +63,7 @@ class Config:
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
     early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
+    augment: bool = option(False, "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10)")
     seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process)")
     deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
     # --- checkpoints ---

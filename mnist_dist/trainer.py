@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from mnist_dist.checkpoint import Checkpointer, TrainingState, save_model
 from mnist_dist.config import Config
 from mnist_dist.console import Reporter
+from mnist_dist.data.augment import augmenter
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
 from mnist_dist.data.resident import ResidentLoader, fits_on
@@ -56,6 +57,7 @@ class Trainer:
         use_resident = config.loader == "resident" or (config.loader == "auto" and fits_on(data.train, self.device))
         self.resident = ResidentLoader(data.train, self.device) if use_resident else None
         self.normalize = Normalizer(data.info, self.device)
+        self.augment = augmenter(data.info.name) if config.augment else None
         self.sampler = train_sampler(data.train, rank, world_size, config.seed)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
         self.test_size = len(data.test)
@@ -171,7 +173,10 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         samples = 0
         for index, (images, labels) in enumerate(group):
-            images = self.normalize(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+            images = images.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                images = self.augment(images)
+            images = self.normalize(images).contiguous(memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             # Gradients are all-reduced only on the group's last backward.
             sync = index == len(group) - 1
