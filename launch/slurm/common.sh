@@ -1,0 +1,120 @@
+# shellcheck shell=bash
+# Sourced by the job scripts in this folder (`source launch/slurm/common.sh "$@"`): the run name,
+# the rendezvous address, and preemption with requeue. Not a job script itself.
+#
+# Preemption, and the warning before the time limit, step by step:
+#   1. `#SBATCH --signal=B:USR1@120` makes SLURM send USR1 to the batch shell 120 s before it
+#      stops the job (`scancel --signal=USR1 --batch JOB` does the same at once).
+#   2. on_usr1 (below) notes it and forwards USR1 to the `srun` of the training step, which
+#      passes it to every process of the step, on every node.
+#   3. The training processes finish their step, agree to stop (within 10 steps), write a
+#      checkpoint and exit with code 3.
+#      torchrun passes SIGTERM, SIGINT, SIGHUP and SIGQUIT on to its workers, but SIGUSR1 would
+#      kill torchrun itself (Python's default action), and its workers with it, mid-step. So the
+#      GPU scripts start torchrun with USR1 ignored (`trap ''` survives exec; the workers inherit
+#      it until train.py installs its own handler): the workers get USR1 straight from srun and
+#      checkpoint while torchrun waits for them. (torchrun's --signals-to-handle SIGUSR1 would
+#      instead shut the workers down itself, and kill them after --shutdown-timeout or as soon
+#      as a second USR1 arrives.)
+#   4. The step has ended after a USR1, so `scontrol requeue` puts the job back in the queue. It
+#      starts again with the same job id (SLURM_RESTART_COUNT + 1), running the script from the
+#      top, after SLURM's cred_expire wait (120 s by default). The run name slurm-<job id> is the
+#      same, so `--resume auto` continues from the checkpoint; the W&B run id is the same too;
+#      and the log (--open-mode=append) holds both runs.
+# `scancel` and the time limit send SIGTERM: the training processes checkpoint and exit 3 as
+# well, but the job is not requeued (submit it again with the same --run-name to continue).
+
+step_pid=""   # the training step's srun, once started
+preempted=0   # USR1 arrived
+caught=0      # a trapped signal interrupted `wait`
+
+on_usr1() {
+    caught=1
+    preempted=1
+    echo "$(date -Is) USR1 (preemption): asking the training processes to checkpoint and stop"
+    if [[ -n $step_pid ]]; then
+        kill -s USR1 "$step_pid" 2>/dev/null || true
+    fi
+}
+
+on_term() {
+    # SLURM signals the training processes too. Staying alive until they exit lets them
+    # checkpoint (within KillWait); the job would end, and kill them, with the batch shell.
+    caught=1
+    echo "$(date -Is) SIGTERM (cancelled, out of time or requeued): waiting for the training processes"
+}
+
+trap on_usr1 USR1
+trap on_term TERM
+
+if [[ ! -x .venv/bin/python ]]; then
+    echo "error: $PWD has no .venv: set it up first (bash scripts/setup.sh), on a filesystem every node sees" >&2
+    exit 2
+fi
+
+# train.py's arguments: first a run name from the job id, which a requeued job keeps, so that it
+# finds its checkpoints in runs/slurm-<job id>; a --run-name or --run-dir of yours comes later
+# and wins.
+# shellcheck disable=SC2034  # used by the job scripts
+TRAINING_ARGS=(--run-name "slurm-${SLURM_JOB_ID}" "$@")
+
+# One W&B run per job, continued after a requeue; set WANDB_RUN_ID yourself to choose it.
+export WANDB_RUN_ID="${WANDB_RUN_ID:-${SLURM_CLUSTER_NAME:-slurm}-${SLURM_JOB_ID}}"
+export WANDB_RESUME="${WANDB_RESUME:-allow}"
+
+# Rendezvous: the job's first node hosts it, on a port chosen from the job id (jobs sharing a
+# node differ; a requeued job reuses its port, its old processes being gone).
+mapfile -t JOB_NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+export MASTER_ADDR="${JOB_NODES[0]}"
+export MASTER_PORT="$((20000 + SLURM_JOB_ID % 10000))"
+
+# srun needs --cpus-per-task spelled out: since SLURM 22.05 a step no longer inherits the
+# job's value and would give each task 1 CPU.
+SRUN_CPUS=()
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+    # shellcheck disable=SC2034  # used by the job scripts
+    SRUN_CPUS=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
+fi
+
+echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST: train.py ${TRAINING_ARGS[*]}"
+
+# For torchrun: one process per GPU of the node (or NPROC_PER_NODE), each with its share of the
+# task's cores.
+set_processes_per_node() {
+    export NPROC_PER_NODE="${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-}}"
+    if [[ -z $NPROC_PER_NODE || $NPROC_PER_NODE == 0 ]]; then
+        echo "error: this job has no GPUs: request them with --gpus-per-node, or set NPROC_PER_NODE" >&2
+        exit 2
+    fi
+    local threads=$((${SLURM_CPUS_PER_TASK:-1} / NPROC_PER_NODE))
+    export OMP_NUM_THREADS=$((threads > 0 ? threads : 1))
+}
+
+# Run the training step (the command in "$@") in the background, so that the traps run while it
+# does, and end the job: 0 when training finished; after a USR1, requeue; else the step's status.
+run_training_step() {
+    "$@" &
+    step_pid=$!
+    local status
+    while :; do
+        caught=0
+        status=0
+        wait "$step_pid" || status=$?
+        # A trapped signal makes `wait` return early (status > 128): wait on for the real status.
+        ((status > 128 && caught)) || break
+    done
+    step_pid=""
+    if ((status == 0)); then
+        echo "$(date -Is) training finished"
+        exit 0
+    fi
+    if ((preempted)); then
+        echo "$(date -Is) training step ended (exit $status) after USR1: requeueing job $SLURM_JOB_ID"
+        if scontrol requeue "$SLURM_JOB_ID"; then
+            exit 0
+        fi
+        echo "error: scontrol requeue failed; submit again with --run-name slurm-$SLURM_JOB_ID to resume" >&2
+    fi
+    echo "$(date -Is) training step exited with $status" >&2
+    exit "$status"
+}

@@ -1,0 +1,183 @@
+"""The SLURM job scripts in launch/slurm/ on a real one-node SLURM cluster.
+
+The module starts munged, slurmctld and slurmd from Debian's `munge` and `slurm-wlm` packages in a
+temporary folder (slurm_cluster.py), submits the scripts with `sbatch` exactly as a user would,
+from the repository root, and stops every daemon it started at the end. Without the packages (or
+without root) the tests skip and say why; with MNIST_DIST_REQUIRE_SLURM=1 (CI) they fail instead.
+
+Preemption is simulated as SLURM does it before a time limit or a preemption: USR1 to the job.
+The requeued job must resume from the checkpoint and end with exactly the weights of an
+uninterrupted job (--deterministic, the same seed and world size).
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+from slurm_cluster import SlurmCluster, leftover_processes, missing_programs
+
+SCRIPTS = REPO / "launch" / "slurm"
+# 240 optimizer steps of 2 x 32 samples inside the first epoch, a checkpoint every 40: about 5 s of
+# training on 2 cores, after about 10 s of start-up.
+ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
+        "--checkpoint-every", "40", "--deterministic", "--lr", "0.05"]  # fmt: skip
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, unless CI asked for these tests (MNIST_DIST_REQUIRE_SLURM=1): then fail."""
+    if os.environ.get("MNIST_DIST_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (MNIST_DIST_REQUIRE_SLURM=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_programs()
+    if missing:
+        skip_or_fail(f"needs a SLURM to test against: {', '.join(missing)} not found (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        skip_or_fail("starting the test SLURM cluster (munged, slurmd) needs root")
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+    assert not leftover_processes(str(cluster.folder)), "processes of the test cluster outlived it"
+
+
+class Job:
+    """One sbatch submission of a script in launch/slurm/, with its run dir and log."""
+
+    def __init__(self, cluster: SlurmCluster, script: str, folder: Path, data_dir: Path, options=(), extra=(), env=None):
+        self.cluster = cluster
+        self.run_dir = folder / "run"
+        self.log = folder / "job.out"
+        command = [f"launch/slurm/{script}", *ARGS, "--data-dir", data_dir, "--run-dir", self.run_dir, *extra]
+        # Unbuffered: the log shows how far a job got. No W&B account: offline or disabled only.
+        environment = {"PYTHONUNBUFFERED": "1", "WANDB_API_KEY": "", **(env or {})}
+        self.id = cluster.sbatch(command, [f"--output={self.log}", *options], cwd=REPO, env=environment)
+
+    def wait_for_file(self, path: Path, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        next_check = 0.0
+        while not path.exists():
+            now = time.monotonic()
+            if now > deadline:
+                pytest.fail(f"{path} did not appear in {timeout} s; job log:\n{self.output()}")
+            if now > next_check:  # scontrol costs a round trip: ask about once a second
+                state = self.cluster.job(self.id)["JobState"]
+                assert state in {"PENDING", "RUNNING", "CONFIGURING"}, f"job {self.id} is {state}:\n{self.output()}"
+                next_check = now + 1
+            time.sleep(0.05)
+
+    def wait_until_completed(self, timeout: float = 150) -> dict[str, str]:
+        try:
+            return self.cluster.wait_for_job(self.id, {"COMPLETED"}, timeout)
+        except (AssertionError, TimeoutError) as error:
+            pytest.fail(f"{error}\njob log:\n{self.output()}\n{self.cluster.logs()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[name], expected[name]) for name in weights), "weights differ from the uninterrupted job"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, data_dir, tmp_path_factory) -> Job:
+    """cpu.sbatch with 2 tasks, not interrupted: the reference for the preempted jobs."""
+    job = Job(cluster, "cpu.sbatch", tmp_path_factory.mktemp("uninterrupted"), data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+    job.wait_until_completed()
+    return job
+
+
+def test_job_scripts_pass_bash_n_and_shellcheck():
+    scripts = sorted(SCRIPTS.glob("*.sbatch")) + [SCRIPTS / "common.sh"]
+    assert len(scripts) == 4
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+        assert result.returncode == 0, f"bash -n {script.name}: {result.stderr}"
+    if shutil.which("shellcheck") is None:
+        skip_or_fail("bash -n passed; shellcheck is not installed (apt-get install shellcheck)")
+    # -x follows `source launch/slurm/common.sh`, resolved from the repository root.
+    result = subprocess.run(["shellcheck", "-x", *(str(s.relative_to(REPO)) for s in scripts)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_cpu_sbatch_with_two_tasks_trains_one_two_process_group(uninterrupted):
+    job = uninterrupted
+    summary = job.summary()
+    assert summary["world_size"] == 2 and summary["steps"] == 240
+    assert summary["final_eval_accuracy"] > 0.5
+    assert (job.run_dir / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {row["type"] for row in rows} == {"step", "epoch"}
+    # The default run name comes from the job id, which a requeued job keeps.
+    assert f"run_name: slurm-{job.id}" in (job.run_dir / "config.yaml").read_text()
+    assert "training finished" in job.output()
+
+
+def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(cluster, uninterrupted, data_dir, tmp_path):
+    job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+    job.wait_for_file(job.run_dir / "checkpoints" / "step-000040" / "COMPLETE")
+    # What SLURM does before a preemption or the time limit (#SBATCH --signal), at once: USR1
+    # to the batch shell and to every process of the job.
+    cluster.command("scancel", "--signal=USR1", "--full", str(job.id))
+    record = job.wait_until_completed()
+    log = job.output()
+    assert record["Restarts"] == "1", log
+    assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", log), log
+    assert f"requeueing job {job.id}" in log
+    assert f"job {job.id} (restart 1)" in log  # --open-mode=append: both runs in one log
+    assert f"resumed from {job.run_dir / 'checkpoints'}/step-" in log
+    assert job.summary()["world_size"] == 2
+    assert_same_weights(job.run_dir, uninterrupted.run_dir)
+
+
+def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_run(cluster, uninterrupted, data_dir, tmp_path):
+    # multi_node.sbatch on this one node, 2 CPU processes instead of GPUs. USR1 goes to the batch
+    # shell only, as `#SBATCH --signal=B:USR1@120` sends it: the script must forward it to the
+    # workers, and torchrun (which USR1 would kill) must survive it.
+    job = Job(cluster, "multi_node.sbatch", tmp_path, data_dir, ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"],
+              ["--wandb", "offline"], env={"NPROC_PER_NODE": "2"})  # fmt: skip
+    job.wait_for_file(job.run_dir / "checkpoints" / "step-000040" / "COMPLETE")
+    cluster.command("scancel", "--signal=USR1", "--batch", str(job.id))
+    record = job.wait_until_completed()
+    log = job.output()
+    assert record["Restarts"] == "1", log
+    assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", log), log
+    assert "exitcode  : 3" in log  # torchrun outlived USR1 and saw its workers stop after the checkpoint
+    assert f"resumed from {job.run_dir / 'checkpoints'}/step-" in log
+    assert job.summary()["world_size"] == 2
+    assert_same_weights(job.run_dir, uninterrupted.run_dir)
+    # Both runs of the job logged to one W&B run, whose id comes from the job id.
+    offline_runs = sorted((job.run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2, offline_runs
+    assert all(path.name.endswith(f"-mnisttest-{job.id}") for path in offline_runs), offline_runs
+
+
+def test_single_node_script_runs_one_torchrun_process_per_device(cluster, uninterrupted, data_dir, tmp_path):
+    # 2 CPU processes stand in for the GPUs this test cluster does not have.
+    job = Job(cluster, "single_node.sbatch", tmp_path, data_dir, ["--gpus-per-node=0", "--cpus-per-task=2"], env={"NPROC_PER_NODE": "2"})
+    job.wait_until_completed()
+    assert job.summary()["world_size"] == 2
+    assert_same_weights(job.run_dir, uninterrupted.run_dir)
+
+
+def test_gpu_script_without_gpus_fails_with_a_clear_message(cluster, data_dir, tmp_path):
+    job = Job(cluster, "single_node.sbatch", tmp_path, data_dir, ["--gpus-per-node=0", "--cpus-per-task=1"])
+    record = cluster.wait_for_job(job.id, {"FAILED"}, timeout=60)
+    assert record["ExitCode"] == "2:0"
+    assert "error: this job has no GPUs: request them with --gpus-per-node, or set NPROC_PER_NODE" in job.output()
