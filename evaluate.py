@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_dist.config import DATASETS
+from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES
 from mnist_dist.errors import ConfigError, UserError, report_error
 
 
@@ -38,6 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)")
     parser.add_argument("--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead")
     parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
+    parser.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode for the report (default: the training run's)")
+    parser.add_argument("--wandb-eval", choices=WANDB_EVAL_TARGETS,
+                        help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval")  # fmt: skip
     args = parser.parse_args(argv)
     if args.json and not args.predict:
         parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
@@ -62,6 +65,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     from mnist_dist.distributed import build_accelerator
     from mnist_dist.evaluation import predict_split
     from mnist_dist.inference import build_trained_model, check_dataset_fits, load_run
+    from mnist_dist.wandb_run import log_evaluation  # imports wandb only when logging
 
     run = load_run(args.checkpoint)
     dataset = args.dataset or run.config.dataset
@@ -88,6 +92,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
             out_dir = Path(args.out) if args.out else default_out_dir(run.weights_path, run.config.dataset, dataset, args.split)
             written = report.write_report(metrics, predictions, split.images, run, out_dir)
             print(f"report written to {out_dir}/: {', '.join(written)}")
+            figures = [out_dir / name for name in written if name.endswith(".png")]
+            log_evaluation(run.config, run.weights_path, metrics, predictions, split.images, figures, out_dir,
+                           into=args.wandb_eval, mode=args.wandb)  # fmt: skip
     finally:
         accelerator.end_training()
         if torch.distributed.is_initialized():

@@ -183,6 +183,12 @@ class Checkpointer:
             if config.get(key) != getattr(self.config, key):
                 raise UserError(f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
                                 f"{getattr(self.config, key)!r}: use the same options, another --run-dir, or --resume none.")  # fmt: skip
+        if self.config.schedule in ("onecycle", "cosine"):  # their shape is planned for the run's total steps
+            for key in ("epochs", "max_steps", "schedule"):
+                if config.get(key) != getattr(self.config, key):
+                    raise UserError(f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
+                                    f"{getattr(self.config, key)!r}; the {self.config.schedule} schedule cannot be "
+                                    "stretched: keep the options, or use another --run-dir or --resume none.")  # fmt: skip
         if state.world_size != self.accelerator.num_processes:
             raise UserError(f"checkpoint {path} was written by {state.world_size} processes, this run has "
                             f"{self.accelerator.num_processes}: resume with the same number for an exact continuation.")  # fmt: skip

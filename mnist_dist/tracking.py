@@ -1,99 +1,68 @@
 """Where metrics go: `metrics.jsonl` in the run directory, and Weights & Biases when enabled.
 
-Main process only. W&B is optional: without the package, or when it fails to start or to log,
-training goes on and says so once.
+Main process only. metrics.jsonl gets every row as the trainer names it; W&B (wandb_run.py) gets
+the same rows in run-page sections (train/, epoch/, eval/), the final results and the model.
+W&B is optional: without the package, or when it fails, training goes on and says so once.
 """
 
 import json
-import netrc
-import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 from mnist_dist.config import Config
+from mnist_dist.wandb_run import WandbRun, wandb_mode, wandb_names
 
-
-def wandb_mode(requested: str) -> str:
-    """auto: WANDB_MODE if set, else online when an API key is configured, else offline."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return {"dryrun": "offline", "run": "online"}.get(os.environ["WANDB_MODE"], os.environ["WANDB_MODE"])
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
+__all__ = ["Tracker", "wandb_mode"]
 
 
 class Tracker:
-    def __init__(self, config: Config, run_dir: Path | None, enabled: bool, facts: dict[str, Any], say):
-        """`enabled` is the main-process flag; `run_dir` None writes no files (dry run)."""
+    def __init__(self, config: Config, run_dir: Path | None, enabled: bool, facts: dict[str, Any], say,
+                 resumed_run_id: str | None = None):  # fmt: skip
+        """`enabled` is the main-process flag; `run_dir` None writes no files (dry run).
+        `resumed_run_id`: the W&B run of the checkpoint this job resumed from, to continue it."""
+        self.config = config
+        self.run_dir = run_dir
         self.metrics_file = None
-        self.wandb_run = None
-        self.say = say
+        self.wandb: WandbRun | None = None
+        self.resumed_run_id = resumed_run_id
+        self.trained_samples, self.trained_seconds = 0, 0.0  # this attempt's epochs, for the overall samples/s
         if not enabled:
             return
         if run_dir is not None:
             self.metrics_file = (run_dir / "metrics.jsonl").open("a")
         mode = "disabled" if config.dry_run else wandb_mode(config.wandb)
         if mode != "disabled":
-            self.wandb_run = self._start_wandb(config, run_dir, mode, facts)
-
-    def _start_wandb(self, config: Config, run_dir: Path | None, mode: str, facts: dict[str, Any]):
-        try:
-            import wandb
-        except ImportError:
-            self.say("W&B disabled: the wandb package is not installed (pip install wandb to enable it).")
-            return None
-        try:
-            run = wandb.init(
-                project=config.wandb_project,
-                entity=config.wandb_entity or None,
-                name=config.run_name,
-                dir=str(run_dir) if run_dir else None,
-                mode=mode,
-                config={**config.to_dict(), **facts},
-            )
-        except Exception as error:  # W&B trouble must never cost a training run
-            self.say(f"W&B disabled: wandb.init failed ({type(error).__name__}: {error}).")
-            return None
-        where = "wandb sync " + str(Path(run.dir).parent) if mode == "offline" else run.url
-        self.say(f"W&B {mode}: {where}")
-        return run
+            self.wandb = WandbRun.start(config, run_dir, mode, facts, say, resumed_run_id)
 
     def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
         """kind: "step" (every log_every optimizer steps) or "epoch". step: global optimizer step."""
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps({"type": kind, "step": step, **metrics}) + "\n")
             self.metrics_file.flush()
-        if self.wandb_run is not None:
-            prefix = "train/" if kind == "step" else ""
-            try:
-                self.wandb_run.log({prefix + key: value for key, value in metrics.items()}, step=step)
-            except Exception as error:
-                warnings.warn(f"W&B logging failed, continuing without it: {error}")
-                self.wandb_run = None
+        if kind == "epoch":
+            self.trained_samples += metrics.get("train_samples", 0)
+            self.trained_seconds += metrics.get("epoch_seconds", 0.0)
+        if self.wandb is not None:
+            self.wandb.log(wandb_names(kind, metrics), step)
 
     @property
     def run_id(self) -> str | None:
-        return self.wandb_run.id if self.wandb_run is not None else None
+        """The W&B run id that checkpoints carry (also while W&B is off, so a later resume continues it)."""
+        return self.wandb.id if self.wandb is not None else self.resumed_run_id
 
     def summarize(self, values: dict[str, Any]) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.summary.update(values)
+        if self.wandb is not None:
+            throughput = {"samples_per_second": self.trained_samples / self.trained_seconds} if self.trained_seconds else {}
+            self.wandb.summarize({**values, **throughput})
+
+    def log_results(self, model, test_set, normalize, class_names, step: int) -> None:
+        """End of training: confusion matrix, predictions table, figures and the model artifact (W&B only)."""
+        if self.wandb is not None and self.run_dir is not None:
+            self.wandb.log_results(model, test_set, normalize, class_names, self.run_dir / "model.safetensors", self.config, step)
 
     def close(self) -> None:
         if self.metrics_file is not None:
             self.metrics_file.close()
             self.metrics_file = None
-        if self.wandb_run is not None:
-            try:
-                self.wandb_run.finish()
-            except Exception as error:
-                warnings.warn(f"W&B finish failed: {error}")
-            self.wandb_run = None
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -61,6 +61,7 @@ class Trainer:
         self.sampler = train_sampler(data.train, rank, world_size, config.seed)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
         self.test_size = len(data.test)
+        self.test_set, self.class_names = data.test, data.info.class_names  # for the W&B results at the end
 
         batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
@@ -89,7 +90,7 @@ class Trainer:
             self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
             self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
         self.reporter.show_config(config.to_dict(), facts)
-        self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print)
+        self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print, resumed_run_id=self.state.wandb_run_id)
         self.nonfinite = torch.zeros((), device=self.device, dtype=torch.bool)  # any NaN/inf loss since the last check
 
     def zero_sums(self) -> dict[str, torch.Tensor]:
@@ -286,6 +287,7 @@ class Trainer:
         self.tracker.summarize(results)
         if self.is_main and self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        self.tracker.log_results(self.module, self.test_set, self.normalize, self.class_names, state.step)
         return results
 
     def close(self) -> None:

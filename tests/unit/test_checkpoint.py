@@ -99,3 +99,12 @@ def test_world_size_change_is_refused(parts):
     state_file.write_text(state_file.read_text().replace('"world_size": 1', '"world_size": 4'))
     with pytest.raises(UserError, match="written by 4 processes"):
         parts[0].load(path, *parts[1:])
+
+
+def test_a_onecycle_run_cannot_be_stretched_on_resume(parts, accelerator):
+    checkpointer, model, optimizer, scheduler = parts
+    checkpointer.config.schedule = "onecycle"
+    path = save(parts, 10)
+    longer = Checkpointer(make_config({**checkpointer.config.to_dict(), "epochs": 9}), accelerator, checkpointer.folder.parent)
+    with pytest.raises(UserError, match="written with epochs=3, this run has 9; the onecycle schedule cannot be stretched"):
+        longer.load(path, model, optimizer, scheduler)
