@@ -71,7 +71,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     dataset = args.dataset or run.config.dataset
     info = check_dataset_fits(run, dataset)  # before any data is loaded: a mismatch fails at once
     model = build_trained_model(run)
-    overrides = {"dataset": dataset, "data_dir": args.data_dir, "data_file": args.data_file, "eval_batch_size": args.batch_size}
+    # Precision follows this machine (auto), not the training machine: fp16 from a GPU fails on a CPU.
+    overrides = {"mixed_precision": "auto", "dataset": dataset, "data_dir": args.data_dir, "data_file": args.data_file, "eval_batch_size": args.batch_size}
     config = dataclasses.replace(run.config, **{key: value for key, value in overrides.items() if value is not None})
     accelerator = build_accelerator(config)
     try:

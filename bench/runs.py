@@ -35,7 +35,8 @@ def run_train(args: list[str], processes: int = 1, threads: int | None = None, w
             env["OMP_NUM_THREADS"] = str(threads)
         command = train_command([*args, "--run-dir", str(run_dir), "--wandb", "disabled"], processes)
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        errors = (Path(folder) / "stderr").open("w+")  # a file, not a pipe: a full pipe would block the run
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
         reached: dict[float, float] = {}
         while process.poll() is None:
             for accuracy in watch:
@@ -44,7 +45,8 @@ def run_train(args: list[str], processes: int = 1, threads: int | None = None, w
             time.sleep(0.05)
         wall = time.perf_counter() - started
         if process.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read()[-2000:]}")
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed:\n{errors.read()[-2000:]}")
         rows = epoch_rows(run_dir)
         for accuracy in watch:  # reached in the last moments before exit
             if accuracy not in reached and any(row["eval_accuracy"] >= accuracy for row in rows):

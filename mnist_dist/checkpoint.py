@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -108,22 +109,28 @@ class Checkpointer:
         accelerator, rank = self.accelerator, self.accelerator.process_index
         final = self.folder / f"step-{state.step:06d}"
         partial = self.folder / f".partial-step-{state.step:06d}"
+        failure = None
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
-            partial.mkdir(parents=True)
+            try:
+                partial.mkdir(parents=True)
+            except OSError as error:
+                failure = f"{type(error).__name__}: {error}"
         accelerator.wait_for_everyone()
-        failure = None
         try:
-            torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{rank}.pt")
-            if accelerator.is_main_process:
-                save_model(module, self.config, partial / "model.safetensors")
-                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                           partial / "training.pt")  # fmt: skip
-                (partial / "state.json").write_text(json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2))
-        except OSError as error:
+            if failure is None and not partial.is_dir():
+                failure = f"{partial} is not visible on rank {rank}: the run directory must be shared by all nodes"
+            if failure is None:
+                torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{rank}.pt")
+                if accelerator.is_main_process:
+                    save_model(module, self.config, partial / "model.safetensors")
+                    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
+                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                               partial / "training.pt")  # fmt: skip
+                    (partial / "state.json").write_text(json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2))
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
             failure = f"{type(error).__name__}: {error}"
-        failures = [failure] if accelerator.num_processes == 1 else _gather_objects([failure])
+        failures = [failure] if accelerator.num_processes == 1 else gather_object([failure])
         if any(failures):
             if accelerator.is_main_process:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -147,6 +154,8 @@ class Checkpointer:
         for path in complete:
             if path not in keep:
                 shutil.rmtree(path, ignore_errors=True)
+        for path in self.folder.glob(".partial-step-*"):  # left by saves that crashed
+            shutil.rmtree(path, ignore_errors=True)
 
     def complete_checkpoints(self) -> list[Path]:
         if self.folder is None or not self.folder.is_dir():
@@ -200,12 +209,16 @@ class Checkpointer:
             raise UserError(f"cannot load the weights in {path}/model.safetensors ({first_line}); "
                             "delete that checkpoint or pass --resume none.") from None  # fmt: skip
         training = load_data(path / "training.pt")
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        if self.accelerator.scaler is not None and training["scaler"]:
-            self.accelerator.scaler.load_state_dict(training["scaler"])
         rank_state = load_data(path / f"rank-{self.accelerator.process_index}.pt")
-        set_rng_states(rank_state.pop("rng"))
+        try:
+            optimizer.load_state_dict(training["optimizer"])
+            scheduler.load_state_dict(training["scheduler"])
+            if self.accelerator.scaler is not None and training["scaler"]:
+                self.accelerator.scaler.load_state_dict(training["scaler"])
+            set_rng_states(rank_state.pop("rng"))
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise UserError(f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
+                            "delete that checkpoint or pass --resume none.") from None  # fmt: skip
         return state, rank_state
 
 
@@ -217,9 +230,3 @@ def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
-
-
-def _gather_objects(values: list) -> list:
-    from accelerate.utils import gather_object
-
-    return gather_object(values)

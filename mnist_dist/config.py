@@ -5,6 +5,7 @@ config errors answer at once.
 """
 
 import argparse
+import math
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class Config:
     wandb_eval: str = option("train", "where evaluate.py logs to W&B: train (into this training's run) or new (a run with job_type=eval)")
 
     def __post_init__(self) -> None:
+        for name, spec in FIELDS.items():
+            if spec.type is float and not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}.")
         for name, valid in CHOICES.items():
             value = getattr(self, name)
             if value not in valid:

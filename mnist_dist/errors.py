@@ -39,9 +39,14 @@ STOPS = (UserError, Preempted, Diverged)
 
 
 def report_error(error: Exception) -> None:
-    """Print the one-line message once per job: every rank hits the same error, rank 0 says it."""
+    """Print the one-line message. Config errors, stop signals and a diverged loss happen on every
+    rank alike, so rank 0 says them once; other errors (a file missing on one node) can be one
+    rank's own, so each rank says its own, naming itself."""
     import os
     import sys
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
+    elif not isinstance(error, (ConfigError, Preempted, Diverged)):
+        print(f"error: rank {rank}: {error}", file=sys.stderr, flush=True)

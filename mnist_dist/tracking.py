@@ -15,11 +15,28 @@ from mnist_dist.wandb_run import WandbRun, wandb_mode, wandb_names
 __all__ = ["Tracker", "wandb_mode"]
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """A resumed run trains the steps after its checkpoint again: drop their rows (and a line cut
+    short by a crash) so that metrics.jsonl keeps one row per step, in order."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    temporary.replace(path)
+
+
 class Tracker:
     def __init__(self, config: Config, run_dir: Path | None, enabled: bool, facts: dict[str, Any], say,
-                 resumed_run_id: str | None = None):  # fmt: skip
+                 resumed_run_id: str | None = None, resumed_step: int | None = None):  # fmt: skip
         """`enabled` is the main-process flag; `run_dir` None writes no files (dry run).
-        `resumed_run_id`: the W&B run of the checkpoint this job resumed from, to continue it."""
+        `resumed_run_id`, `resumed_step`: the W&B run and step of the checkpoint this job resumed from."""
         self.config = config
         self.run_dir = run_dir
         self.metrics_file = None
@@ -29,6 +46,8 @@ class Tracker:
         if not enabled:
             return
         if run_dir is not None:
+            if resumed_step is not None:
+                drop_rows_after(run_dir / "metrics.jsonl", resumed_step)
             self.metrics_file = (run_dir / "metrics.jsonl").open("a")
         mode = "disabled" if config.dry_run else wandb_mode(config.wandb)
         if mode != "disabled":

@@ -63,8 +63,8 @@ class Trainer:
         self.test_size = len(data.test)
         self.test_set, self.class_names = data.test, data.info.class_names  # for the W&B results at the end
 
-        batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
-        self.steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
@@ -90,7 +90,8 @@ class Trainer:
             self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
             self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
         self.reporter.show_config(config.to_dict(), facts)
-        self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print, resumed_run_id=self.state.wandb_run_id)
+        self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print, resumed_run_id=self.state.wandb_run_id,
+                               resumed_step=self.state.step if resume_from is not None else None)  # fmt: skip
         self.nonfinite = torch.zeros((), device=self.device, dtype=torch.bool)  # any NaN/inf loss since the last check
 
     def zero_sums(self) -> dict[str, torch.Tensor]:
@@ -153,7 +154,8 @@ class Trainer:
                 interval_samples, interval_start = 0, time.perf_counter()
             if self.state.step % CHECK_EVERY == 0 or self.checkpointer.due_at_step(self.state.step):
                 self.check_health()
-            if self.checkpointer.due_at_step(self.state.step):
+            last_of_epoch = step_in_epoch == self.steps_per_epoch  # end_epoch saves that one, with the eval
+            if self.checkpointer.due_at_step(self.state.step) and not (last_of_epoch and self.checkpointer.due_at_epoch_end()):
                 self.save_checkpoint()
             if step_in_epoch == steps:
                 break
@@ -223,7 +225,13 @@ class Trainer:
         return self.checkpointer.save(self.state, self.module, self.optimizer, self.scheduler, rank_state)
 
     def evaluate(self) -> EvalResult:
-        result = evaluate(self.model, self.eval_shard, self.normalize, self.accelerator)
+        # The bare module, not DDP's wrapper: DDP's forward broadcasts buffers, a collective that a
+        # rank without evaluation batches would never join. Every rank takes rank 0's BatchNorm
+        # statistics instead (the ones the saved model holds), so all ranks evaluate one model.
+        if self.accelerator.num_processes > 1:
+            for buffer in self.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        result = evaluate(self.module, self.eval_shard, self.normalize, self.accelerator)
         if result.count != self.test_size:  # the sharding's promise, checked every time
             raise RuntimeError(f"evaluated {result.count} samples, the test set has {self.test_size}")
         return result
@@ -248,8 +256,9 @@ class Trainer:
             state.best_accuracy, state.best_step, state.epochs_since_best = evaluation.accuracy, state.step, 0
         else:
             state.epochs_since_best += 1
-        state.epoch, state.batches_done = state.epoch + 1, 0
-        self.epoch_sums = self.zero_sums()
+        if state.batches_done >= self.batches_per_epoch:  # not when --max-steps stopped inside the epoch
+            state.epoch, state.batches_done = state.epoch + 1, 0
+            self.epoch_sums = self.zero_sums()
         if self.checkpointer.due_at_epoch_end():
             self.save_checkpoint()
 

@@ -9,7 +9,10 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     echo "error: mnist-dist needs Python 3.10 or newer as \$PYTHON or python3." >&2
     exit 1
 fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # none yet, or half-made by a failed run
+    rm -rf .venv
+    "$python" -m venv .venv || { echo "error: could not create .venv (on Debian: apt-get install python3-venv)." >&2; exit 1; }
+fi
 
 stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

@@ -170,7 +170,7 @@ def test_a_crafted_pickle_is_refused_and_never_runs(checkpointed_run, data_dir, 
             return (os.system, (f"touch {marker}",))
 
     torch.save({"optimizer": Exploit()}, newest(checkpointed_run) / "training.pt")
-    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--max-steps", "280"])
+    code, _, stderr = run(checkpointed_run, data_dir, 1)
     assert code == 2, stderr[-2000:]
     assert "refusing to load" in stderr and "Traceback" not in stderr
     assert not marker.exists()
@@ -179,10 +179,23 @@ def test_a_crafted_pickle_is_refused_and_never_runs(checkpointed_run, data_dir, 
 def test_truncated_weights_are_a_clear_error(checkpointed_run, data_dir):
     path = newest(checkpointed_run) / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--max-steps", "280"])
+    code, _, stderr = run(checkpointed_run, data_dir, 1)
     assert code == 2 and "cannot load the weights" in stderr and "Traceback" not in stderr
 
 
 def test_a_checkpoint_of_another_model_is_refused(checkpointed_run, data_dir):
     code, _, stderr = run(checkpointed_run, data_dir, 1, ["--model", "mlp"])
     assert code == 2 and "written with model='lenet', this run has 'mlp'" in stderr
+
+
+def test_metrics_log_has_one_row_per_step_after_a_resume(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, 1, ["--log-every", "10"])
+    wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
+    process.kill()
+    finish(process)
+    code, _, stderr = run(run_dir, data_dir, 1, ["--log-every", "10"])
+    assert code == 0, stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "step"]  # fmt: skip
+    assert steps == list(range(10, 241, 10))

@@ -100,3 +100,10 @@ def test_compiled_channels_last_model_trains_and_saves_bare_weights(train):
     saved = load_file(run_dir / "model.safetensors")
     assert set(saved) == set(load_file(run_dir / "checkpoints" / "step-000003" / "model.safetensors"))
     assert not any(name.startswith(("_orig_mod", "module.")) for name in saved)
+
+
+def test_a_rank_without_evaluation_batches_does_not_hang_a_batchnorm_model(train):
+    """One evaluation batch for two processes: rank 1 evaluates nothing, and must not wait in a
+    collective that DDP's forward would start (the cnn has BatchNorm buffers)."""
+    _, run_dir = train("--model", "cnn", "--dataset", "digits", "--eval-batch-size", "5000", "--max-steps", "3", processes=2)
+    assert summary(run_dir)["world_size"] == 2
