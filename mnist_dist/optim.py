@@ -8,10 +8,9 @@ from mnist_dist.config import Config
 
 def build_optimizer(config: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = model.parameters()
-    # Update all parameters in a few ops instead of several per tensor: fused kernels on CUDA; on
-    # the CPU the multi-tensor (foreach) path, which torch picks only for CUDA by default (it made
-    # Adam on the MLP about 3x faster on 2 CPU cores, docs/BENCHMARKS.md).
-    speed = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    # CUDA: fused kernels update all parameters in a few launches instead of several per tensor.
+    # CPU: torch's default (multi-tensor foreach measured no faster here: bench/model_step.py).
+    speed = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "sgd":
         nesterov = config.nesterov and config.momentum > 0  # torch rejects Nesterov without momentum
         return torch.optim.SGD(
