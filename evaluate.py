@@ -96,6 +96,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
             figures = [out_dir / name for name in written if name.endswith(".png")]
             log_evaluation(run.config, run.weights_path, metrics, predictions, split.images, figures, out_dir,
                            into=args.wandb_eval, mode=args.wandb)  # fmt: skip
+        accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
     finally:
         accelerator.end_training()
         if torch.distributed.is_initialized():

@@ -57,7 +57,11 @@ def train(config: Config) -> dict:
         with accelerator.main_process_first():  # the main process downloads or unpacks; the others then read
             data = load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)
         trainer = Trainer(config, accelerator, data, run_dir, system_facts(accelerator))
-        return trainer.fit()
+        results = trainer.fit()
+        # No rank tears the process group down while another still talks in it: a gloo rank that
+        # leaves early can abort the others ("terminate called without an active exception").
+        accelerator.wait_for_everyone()
+        return results
     finally:
         if trainer is not None:
             trainer.close()

@@ -41,6 +41,7 @@ def main(out: Path) -> None:
         "eval": {"loss": result.loss, "accuracy": result.accuracy, "count": result.count},
     }
     (out / f"rank{rank}.json").write_text(json.dumps(report))
+    accelerator.wait_for_everyone()  # no rank tears the group down while another still talks in it
     accelerator.end_training()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
