@@ -64,3 +64,9 @@ def epoch_rows(run_dir: Path) -> list[dict]:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def write_results(results: dict, out: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")

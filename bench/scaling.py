@@ -8,13 +8,12 @@ same global batch (per-process batch divided by the processes). On a GPU machine
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import machine, run_train  # noqa: E402
+from bench.runs import machine, run_train, write_results  # noqa: E402
 
 MODELS = {"lenet": 100, "cnn": 256}  # model: global batch
 
@@ -45,9 +44,7 @@ def main() -> None:
                      "images_per_second": images_per_second(rows)}  # fmt: skip
             results["runs"].append(entry)
             print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s): {entry['images_per_second']:,.0f} images/s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

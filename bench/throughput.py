@@ -11,7 +11,6 @@ Figures are medians over the epochs (the first included: the trainer has no warm
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import machine, run_train  # noqa: E402
+from bench.runs import machine, run_train, write_results  # noqa: E402
 from mnist_dist.data.datasets import INFO  # noqa: E402
 from mnist_dist.data.files import prepare_torchvision_files  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
@@ -108,9 +107,7 @@ def main() -> None:
             print(f"{model_name:<6} {name:<22} {figures['train_images_per_second']:>12,.0f} {figures['eval_images_per_second']:>11,.0f} "
                   f"{figures['epoch_seconds']:>8.1f} {figures['test_accuracy']:>9.2%} {figures['ratio_to_classic']:>9.1f}x")  # fmt: skip
         results["models"][model_name] = loops
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ under --data-dir. Median of the repeats (each with its own seed).
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import machine, run_train  # noqa: E402
+from bench.runs import machine, run_train, write_results  # noqa: E402
 
 RECIPES = {
     "default (configs/cnn.yaml)": ["--config", "configs/cnn.yaml"],
@@ -49,9 +48,7 @@ def main() -> None:
                 results["runs"].append(entry)
                 shown = f"{entry['median_seconds']:.1f} s" if entry["median_seconds"] is not None else f"not reached by all ({times})"
                 print(f"{dataset:<14} {recipe:<36} {bar:.0%}: {shown}   final {entry['final_accuracies']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":
