@@ -5,6 +5,7 @@ from pathlib import Path
 
 from mnist_dist.data import digits
 from mnist_dist.data.images import DatasetInfo, ImageSet
+from mnist_dist.errors import DatasetError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -53,4 +54,8 @@ def _as_data(name: str, arrays: tuple) -> Data:
     expected = (info.channels, info.height, info.width)
     for images in (train_images, test_images):
         assert tuple(images.shape[1:]) == expected, f"{name}: images {tuple(images.shape)} != (N, {expected})"
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
+            raise DatasetError(f"{name}: the {split} labels run from {int(labels.min())} to {int(labels.max())}, "
+                               f"outside 0..{info.num_classes - 1}: the label file is corrupt; replace it.")  # fmt: skip
     return Data(ImageSet(train_images, train_labels), ImageSet(test_images, test_labels), info)

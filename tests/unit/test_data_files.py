@@ -305,3 +305,14 @@ def test_reads_debian_fashion_mnist_test_split(tmp_path, monkeypatch):
     images, labels = read_torchvision_split("fashion-mnist", root, train=False)
     assert images.shape == (10000, 1, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels, minlength=10).tolist() == [1000] * 10
+
+
+def test_labels_outside_the_classes_are_a_dataset_error():
+    from mnist_dist.data.datasets import _as_data
+    from mnist_dist.errors import DatasetError
+
+    images = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    good, bad = torch.tensor([0, 1, 2, 9]), torch.tensor([0, 1, 2, 10])
+    assert len(_as_data("mnist", (images, good, images, good)).test) == 4
+    with pytest.raises(DatasetError, match="test labels run from 0 to 10, outside 0..9"):
+        _as_data("mnist", (images, good, images, bad))
