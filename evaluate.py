@@ -59,7 +59,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     import torch
 
     from mnist_dist import report
-    from mnist_dist.data.datasets import load_dataset
+    from mnist_dist.data.datasets import load_dataset_once
     from mnist_dist.data.images import Normalizer
     from mnist_dist.data.sharding import eval_shard
     from mnist_dist.distributed import build_accelerator
@@ -76,8 +76,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     config = dataclasses.replace(run.config, **{key: value for key, value in overrides.items() if value is not None})
     accelerator = build_accelerator(config)
     try:
-        with accelerator.main_process_first():  # the main process downloads or unpacks; the others then read
-            data = load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)
+        data = load_dataset_once(config, accelerator)
         split = data.test if args.split == "test" else data.train
         shard = eval_shard(split, config.eval_batch_size, accelerator.process_index, accelerator.num_processes, 0)
         if config.channels_last:  # the layout the trainer evaluated in, so the numbers match its own

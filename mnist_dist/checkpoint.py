@@ -158,10 +158,7 @@ class Checkpointer:
             shutil.rmtree(path, ignore_errors=True)
 
     def complete_checkpoints(self) -> list[Path]:
-        if self.folder is None or not self.folder.is_dir():
-            return []
-        found = [path for path in self.folder.glob("step-*") if (path / COMPLETE).is_file()]
-        return sorted(found, key=step_of)
+        return complete_checkpoints(self.folder)
 
     def find(self, resume: str) -> Path | None:
         """auto: the newest complete checkpoint of the run dir (or none); none; or a checkpoint folder."""
@@ -171,10 +168,9 @@ class Checkpointer:
             complete = self.complete_checkpoints()
             return complete[-1] if complete else None
         path = Path(resume)
-        if (path / "checkpoints").is_dir():  # a run dir: its newest checkpoint
-            complete = sorted((p for p in (path / "checkpoints").glob("step-*") if (p / COMPLETE).is_file()), key=step_of)
-            if complete:
-                return complete[-1]
+        complete = complete_checkpoints(path / "checkpoints")  # a run dir: its newest checkpoint
+        if complete:
+            return complete[-1]
         if not (path / COMPLETE).is_file():
             raise UserError(f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
                             "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder.")  # fmt: skip
@@ -220,6 +216,13 @@ class Checkpointer:
             raise UserError(f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
                             "delete that checkpoint or pass --resume none.") from None  # fmt: skip
         return state, rank_state
+
+
+def complete_checkpoints(folder: Path | None) -> list[Path]:
+    """The complete checkpoints in a run's checkpoints/ folder, oldest first."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted((path for path in folder.glob("step-*") if (path / COMPLETE).is_file()), key=step_of)
 
 
 def step_of(path: Path) -> int:

@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 
+from mnist_dist.checkpoint import complete_checkpoints
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo
@@ -22,7 +23,7 @@ from mnist_dist.errors import UserError
 from mnist_dist.models import build_model
 
 WEIGHTS_FILE = "model.safetensors"
-SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: config.yaml is 2 folders up
+SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
 
 
 class CheckpointError(UserError):
@@ -72,11 +73,9 @@ def find_weights(path: Path) -> Path:
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file")
     if (path / WEIGHTS_FILE).is_file():
         return path / WEIGHTS_FILE
-    # A run stopped before its final save: its newest complete checkpoint (checkpoint.py's layout,
-    # checkpoints/step-000120/ with a COMPLETE marker; zero-padded steps sort by name).
-    saved = sorted(file for file in path.glob(f"checkpoints/step-*/{WEIGHTS_FILE}") if (file.parent / "COMPLETE").is_file())
+    saved = complete_checkpoints(path / "checkpoints")  # a run stopped before its final save
     if saved:
-        return saved[-1]
+        return saved[-1] / WEIGHTS_FILE
     raise CheckpointError(f"{path} holds no {WEIGHTS_FILE}; pass a finished run directory or a .safetensors file")
 
 

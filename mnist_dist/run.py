@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from mnist_dist.config import Config, save_yaml
-from mnist_dist.data.datasets import load_dataset
+from mnist_dist.data.datasets import load_dataset_once
 from mnist_dist.distributed import build_accelerator
 from mnist_dist.errors import UserError
 from mnist_dist.trainer import Trainer
@@ -54,8 +54,7 @@ def train(config: Config) -> dict:
     trainer = None
     try:
         run_dir = prepare_run_dir(config, accelerator)
-        with accelerator.main_process_first():  # the main process downloads or unpacks; the others then read
-            data = load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)
+        data = load_dataset_once(config, accelerator)
         trainer = Trainer(config, accelerator, data, run_dir, system_facts(accelerator))
         results = trainer.fit()
         # No rank tears the process group down while another still talks in it: a gloo rank that

@@ -60,8 +60,7 @@ class Trainer:
         self.augment = augmenter(data.info.name) if config.augment else None
         self.sampler = train_sampler(data.train, rank, world_size, config.seed)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
-        self.test_size = len(data.test)
-        self.test_set, self.class_names = data.test, data.info.class_names  # for the W&B results at the end
+        self.test_set, self.class_names = data.test, data.info.class_names  # also for the W&B results at the end
 
         self.batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
@@ -232,8 +231,8 @@ class Trainer:
             for buffer in self.module.buffers():
                 torch.distributed.broadcast(buffer, src=0)
         result = evaluate(self.module, self.eval_shard, self.normalize, self.accelerator)
-        if result.count != self.test_size:  # the sharding's promise, checked every time
-            raise RuntimeError(f"evaluated {result.count} samples, the test set has {self.test_size}")
+        if result.count != len(self.test_set):  # the sharding's promise, checked every time
+            raise RuntimeError(f"evaluated {result.count} samples, the test set has {len(self.test_set)}")
         return result
 
     def end_epoch(self, train: dict, evaluation: EvalResult) -> None:

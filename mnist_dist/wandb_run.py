@@ -27,13 +27,13 @@ import torch
 
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.data.images import Normalizer
+from mnist_dist.inference import nearest
 
 STATE_FILE = "wandb_run.json"
 INIT_TIMEOUT = 60  # seconds wandb.init may take online before we go offline instead
 LOGIN_TIMEOUT = 30  # seconds an interactive API-key prompt may wait for an answer
 FINISH_TIMEOUT = 300  # seconds of uploading at the end; `wandb sync` uploads what is left
 PREDICTION_ROWS = 32  # test images in the predictions table: up to half mistakes, then the first ones
-SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: wandb_run.json is 2 folders up
 
 
 def wandb_mode(requested: str) -> str:
@@ -84,7 +84,7 @@ def git_state() -> dict[str, Any]:
         return {}
 
 
-def system_facts(facts: dict[str, Any]) -> dict[str, Any]:
+def run_page_facts(facts: dict[str, Any]) -> dict[str, Any]:
     """The trainer's facts (device, world size, precision, versions), plus device type and count,
     nodes, GPU model and the git commit of the code."""
     device_type = str(facts.get("device", "cpu")).split(":")[0]
@@ -129,11 +129,9 @@ def read_state(folder: Path | None) -> dict[str, Any]:
 
 def find_state(weights_path: Path) -> tuple[Path | None, dict[str, Any]]:
     """The training's wandb_run.json beside `weights_path` or in a folder above it (a checkpoint sits in its run)."""
-    for folder in [weights_path.parent, *weights_path.parent.parents][:SEARCH_DEPTH]:
-        state = read_state(folder)
-        if state.get("run_id"):
-            return folder, state
-    return None, {}
+    path = nearest(weights_path, STATE_FILE)
+    state = read_state(path.parent) if path is not None else {}
+    return (path.parent, state) if state.get("run_id") else (None, {})
 
 
 def run_arguments(config: Config, folder: Path | None, run_id: str) -> dict[str, Any]:
@@ -258,7 +256,7 @@ class WandbRun:
         saved = read_state(run_dir)
         floor = int(saved.get("last_step", -1)) if saved.get("run_id") == run_id else -1
         run = init_run(wandb, mode, say, **run_arguments(config, run_dir, run_id), job_type="train",
-                       config={**config.to_dict(), "system": system_facts(facts)})  # fmt: skip
+                       config={**config.to_dict(), "system": run_page_facts(facts)})  # fmt: skip
         if run is None:
             return None
         tracked = cls(wandb, run, run_dir, floor, say)

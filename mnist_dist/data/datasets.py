@@ -30,6 +30,12 @@ class Data:
     info: DatasetInfo
 
 
+def load_dataset_once(config, accelerator) -> Data:
+    """`load_dataset` for a job: the main process downloads or unpacks first; the others then read."""
+    with accelerator.main_process_first():
+        return load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)
+
+
 def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Data:
     """Load a dataset into memory. Call it under `accelerator.main_process_first()` with
     `download` true on the main process only: the main process fetches or unpacks files (or

@@ -129,21 +129,28 @@ def test_cpu_sbatch_with_two_tasks_trains_one_two_process_group(uninterrupted):
     assert "training finished" in job.output()
 
 
-def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(cluster, uninterrupted, data_dir, tmp_path):
-    job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+def preempt_and_resume(cluster, job, uninterrupted, target: str) -> str:
+    """USR1 (scancel --full: every process, --batch: the batch shell) once the job has a checkpoint;
+    the job must checkpoint, requeue once, resume, and end with the uninterrupted run's weights."""
     job.wait_for_file(job.run_dir / "checkpoints" / "step-000040" / "COMPLETE")
-    # What SLURM does before a preemption or the time limit (#SBATCH --signal), at once: USR1
-    # to the batch shell and to every process of the job.
-    cluster.command("scancel", "--signal=USR1", "--full", str(job.id))
+    cluster.command("scancel", "--signal=USR1", target, str(job.id))
     record = job.wait_until_completed()
     log = job.output()
     assert record["Restarts"] == "1", log
     assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", log), log
-    assert f"requeueing job {job.id}" in log
-    assert f"job {job.id} (restart 1)" in log  # --open-mode=append: both runs in one log
     assert f"resumed from {job.run_dir / 'checkpoints'}/step-" in log
     assert job.summary()["world_size"] == 2
     assert_same_weights(job.run_dir, uninterrupted.run_dir)
+    return log
+
+
+def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(cluster, uninterrupted, data_dir, tmp_path):
+    job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+    # What SLURM does before a preemption or the time limit (#SBATCH --signal), at once: USR1
+    # to the batch shell and to every process of the job.
+    log = preempt_and_resume(cluster, job, uninterrupted, "--full")
+    assert f"requeueing job {job.id}" in log
+    assert f"job {job.id} (restart 1)" in log  # --open-mode=append: both runs in one log
 
 
 def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_run(cluster, uninterrupted, data_dir, tmp_path):
@@ -152,16 +159,8 @@ def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_r
     # workers, and torchrun (which USR1 would kill) must survive it.
     job = Job(cluster, "multi_node.sbatch", tmp_path, data_dir, ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"],
               ["--wandb", "offline"], env={"NPROC_PER_NODE": "2"})  # fmt: skip
-    job.wait_for_file(job.run_dir / "checkpoints" / "step-000040" / "COMPLETE")
-    cluster.command("scancel", "--signal=USR1", "--batch", str(job.id))
-    record = job.wait_until_completed()
-    log = job.output()
-    assert record["Restarts"] == "1", log
-    assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", log), log
+    log = preempt_and_resume(cluster, job, uninterrupted, "--batch")
     assert "exitcode  : 3" in log  # torchrun outlived USR1 and saw its workers stop after the checkpoint
-    assert f"resumed from {job.run_dir / 'checkpoints'}/step-" in log
-    assert job.summary()["world_size"] == 2
-    assert_same_weights(job.run_dir, uninterrupted.run_dir)
     # Both runs of the job logged to one W&B run, whose id comes from the job id.
     offline_runs = sorted((job.run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2, offline_runs
