@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/scaling.py [--processes 2] [--epochs 2] [--out bench/results/scaling.json]
 
-Training images/s (the median of the epochs) for LeNet and the default CNN on Fashion-MNIST with the
-same global batch (per-process batch divided by the processes). On a GPU machine, pass
---gpus to compare 1..N GPUs instead.
+Training images/s (the median of the epochs) for LeNet and the default CNN on Fashion-MNIST, the
+processes run two ways: with the same global batch (each process takes batch / processes: the
+same optimization, strong scaling) and with the same batch per process (what `torchrun` with an
+unchanged config gives: a larger global batch, weak scaling). On a GPU machine, pass --gpus to
+compare 1..N GPUs instead.
 """
 
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runs import machine, run_train, write_results  # noqa: E402
 
-MODELS = {"lenet": 100, "cnn": 256}  # model: global batch
+MODELS = {"lenet": 100, "cnn": 256}  # model: batch of the 1-process run
 
 
 def images_per_second(rows: list[dict]) -> float:
@@ -32,18 +34,21 @@ def main() -> None:
     args = parser.parse_args()
     results = {"machine": machine(), "runs": []}
     counts = range(1, args.processes + 1) if args.gpus else (1, args.processes)
-    for model, global_batch in MODELS.items():
+    for model, batch in MODELS.items():
         for processes in counts:
             threads = None if args.gpus else (args.processes if processes == 1 else 1)
-            common = ["--model", model, "--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                      "--batch-size", str(global_batch // processes), "--no-checkpoint-epochs"]  # fmt: skip
-            if not args.gpus:
-                common.append("--cpu")
-            rows = run_train(common, processes=processes, threads=threads)["rows"]
-            entry = {"model": model, "processes": processes, "threads_per_process": threads,
-                     "images_per_second": images_per_second(rows)}  # fmt: skip
-            results["runs"].append(entry)
-            print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s): {entry['images_per_second']:,.0f} images/s")
+            for split in ("global", "per-process") if processes > 1 else ("global",):
+                per_process = batch // processes if split == "global" else batch
+                common = ["--model", model, "--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+                          "--batch-size", str(per_process), "--no-checkpoint-epochs"]  # fmt: skip
+                if not args.gpus:
+                    common.append("--cpu")
+                rows = run_train(common, processes=processes, threads=threads)["rows"]
+                entry = {"model": model, "processes": processes, "threads_per_process": threads, "batch_per_process": per_process,
+                         "global_batch": per_process * processes, "images_per_second": images_per_second(rows)}  # fmt: skip
+                results["runs"].append(entry)
+                print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s), batch {per_process} each: "
+                      f"{entry['images_per_second']:,.0f} images/s")  # fmt: skip
     write_results(results, args.out)
 
 

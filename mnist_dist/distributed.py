@@ -4,7 +4,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env, set_seed
 
 from mnist_dist.config import Config
 from mnist_dist.errors import ConfigError
@@ -69,6 +69,10 @@ def build_accelerator(config: Config) -> Accelerator:
     accelerator = Accelerator(
         cpu=device_type == "cpu",
         mixed_precision=resolve_precision(config.mixed_precision, device_type),
+        # DDP would broadcast rank 0's BatchNorm statistics before every forward, one more
+        # collective per step. They are used only to evaluate and save, and the trainer takes
+        # rank 0's statistics for both, so each rank keeps its own while training.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     if accelerator.num_processes != launched_world_size():
         raise RuntimeError(

