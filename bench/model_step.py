@@ -1,11 +1,15 @@
 """The ceiling: forward + backward + optimizer step on one fixed batch, no data pipeline at all.
 
-    .venv/bin/python bench/model_step.py
+    .venv/bin/python bench/model_step.py [--rounds 20] > bench/results/model_step.txt
 
-Compares memory layouts (NCHW vs channels_last) for the conv models and the single-tensor vs
-multi-tensor (foreach) Adam for the MLP. What a trainer reaches beyond this is its own overhead.
+Compares memory layouts (NCHW vs channels_last) for the conv models, and torch's three optimizer
+implementations (one op per tensor, multi-tensor foreach, fused) for SGD on LeNet and Adam on the
+MLP. The cases run round-robin in bursts; each figure is the median over the rounds, so that other
+jobs on a shared machine slow every case alike. What a trainer reaches beyond this is its own overhead.
 """
 
+import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,37 +21,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnist_dist.data.datasets import INFO  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
 
-STEPS = 200
+STEPS_PER_BURST = 20
+IMPLEMENTATIONS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+CASES = [  # model, batch, channels_last, optimizer, implementation
+    ("lenet", 100, False, "sgd", "fused"), ("lenet", 100, True, "sgd", "fused"),
+    ("lenet", 256, False, "sgd", "fused"), ("lenet", 256, True, "sgd", "fused"),
+    ("cnn", 256, False, "sgd", "fused"), ("cnn", 256, True, "sgd", "fused"),
+    ("lenet", 100, True, "sgd", "single"), ("lenet", 100, True, "sgd", "foreach"),
+    ("mlp", 64, False, "adam", "single"), ("mlp", 64, False, "adam", "foreach"), ("mlp", 64, False, "adam", "fused"),
+]  # fmt: skip
 
 
-def images_per_second(model_name: str, batch: int, channels_last: bool, optimizer: str, foreach: bool) -> float:
+def step_function(model_name: str, batch: int, channels_last: bool, optimizer: str, implementation: str):
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(model_name, INFO["fashion-mnist"]).to(memory_format=layout)
+    speed = IMPLEMENTATIONS[implementation]
     if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=foreach)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **speed)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=foreach)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, **speed)
     images = torch.randn(batch, 1, 28, 28).contiguous(memory_format=layout)
     labels = torch.randint(0, 10, (batch,))
-    for step in range(STEPS + 20):  # the first 20 warm up
-        if step == 20:
-            start = time.perf_counter()
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         opt.step()
-    return STEPS * batch / (time.perf_counter() - start)
+
+    return step
 
 
 def main() -> None:
-    cases = [("lenet", 100, False, "sgd", True), ("lenet", 100, True, "sgd", True), ("lenet", 256, False, "sgd", True),
-             ("lenet", 256, True, "sgd", True), ("cnn", 256, False, "sgd", True), ("cnn", 256, True, "sgd", True),
-             ("mlp", 64, False, "adam", False), ("mlp", 64, False, "adam", True)]  # fmt: skip
-    print(f"threads: {torch.get_num_threads()}")
-    for model_name, batch, channels_last, optimizer, foreach in cases:
-        speed = images_per_second(model_name, batch, channels_last, optimizer, foreach)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    steps = [step_function(*case) for case in CASES]
+    for step in steps:  # warm-up
+        for _ in range(STEPS_PER_BURST):
+            step()
+    speeds: list[list[float]] = [[] for _ in CASES]
+    for _ in range(args.rounds):
+        for case, step, results in zip(CASES, steps, speeds):
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BURST):
+                step()
+            results.append(STEPS_PER_BURST * case[1] / (time.perf_counter() - start))
+    print(f"threads: {torch.get_num_threads()}, median of {args.rounds} rounds of {STEPS_PER_BURST} steps")
+    for (model_name, batch, channels_last, optimizer, implementation), results in zip(CASES, speeds):
         layout = "channels_last" if channels_last else "NCHW"
-        print(f"{model_name:<6} batch {batch:<4} {layout:<14} {optimizer} foreach={foreach!s:<5} {speed:>9,.0f} images/s")
+        print(f"{model_name:<6} batch {batch:<4} {layout:<14} {optimizer:<4} {implementation:<8} {statistics.median(results):>9,.0f} images/s")
 
 
 if __name__ == "__main__":

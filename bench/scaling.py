@@ -1,12 +1,13 @@
 """1 process with N threads vs N gloo processes with 1 thread each, on the same CPU cores.
 
-    .venv/bin/python bench/scaling.py [--processes 2] [--epochs 2] [--out bench/results/scaling.json]
+    .venv/bin/python bench/scaling.py [--processes 2] [--epochs 2] [--repeats 3] [--out bench/results/scaling.json]
 
 Training images/s (the median of the epochs) for LeNet and the default CNN on Fashion-MNIST, the
 processes run two ways: with the same global batch (each process takes batch / processes: the
 same optimization, strong scaling) and with the same batch per process (what `torchrun` with an
 unchanged config gives: a larger global batch, weak scaling). On a GPU machine, pass --gpus to
-compare 1..N GPUs instead.
+compare 1..N GPUs instead. The runs go round-robin, --repeats times, and each figure is the median
+of its repeats, so that other jobs on a shared machine slow every variant alike.
 """
 
 import argparse
@@ -29,26 +30,36 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--gpus", action="store_true", help="compare 1..N processes on N GPUs")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="bench/results/scaling.json")
     args = parser.parse_args()
-    results = {"machine": machine(), "runs": []}
     counts = range(1, args.processes + 1) if args.gpus else (1, args.processes)
+    variants = []  # (model, processes, threads per process, batch per process)
     for model, batch in MODELS.items():
         for processes in counts:
             threads = None if args.gpus else (args.processes if processes == 1 else 1)
-            for split in ("global", "per-process") if processes > 1 else ("global",):
-                per_process = batch // processes if split == "global" else batch
-                common = ["--model", model, "--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                          "--batch-size", str(per_process), "--no-checkpoint-epochs"]  # fmt: skip
-                if not args.gpus:
-                    common.append("--cpu")
-                rows = run_train(common, processes=processes, threads=threads)["rows"]
-                entry = {"model": model, "processes": processes, "threads_per_process": threads, "batch_per_process": per_process,
-                         "global_batch": per_process * processes, "images_per_second": images_per_second(rows)}  # fmt: skip
-                results["runs"].append(entry)
-                print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s), batch {per_process} each: "
-                      f"{entry['images_per_second']:,.0f} images/s")  # fmt: skip
+            for per_process in sorted({batch // processes, batch}) if processes > 1 else [batch]:
+                variants.append((model, processes, threads, per_process))
+    speeds: dict[tuple, list[float]] = {variant: [] for variant in variants}
+    for _ in range(args.repeats):
+        for variant in variants:
+            model, processes, threads, per_process = variant
+            common = ["--model", model, "--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+                      "--batch-size", str(per_process), "--no-checkpoint-epochs"]  # fmt: skip
+            if not args.gpus:
+                common.append("--cpu")
+            speeds[variant].append(images_per_second(run_train(common, processes=processes, threads=threads)["rows"]))
+    results = {"machine": machine(), "repeats": args.repeats, "runs": []}
+    one_process = {variant[0]: statistics.median(values) for variant, values in speeds.items() if variant[1] == 1}
+    for (model, processes, threads, per_process), values in speeds.items():
+        speed = statistics.median(values)
+        entry = {"model": model, "processes": processes, "threads_per_process": threads, "batch_per_process": per_process,
+                 "global_batch": per_process * processes, "images_per_second": speed, "repeats": values,
+                 "ratio_to_one_process": speed / one_process[model]}  # fmt: skip
+        results["runs"].append(entry)
+        print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s), batch {per_process} each: "
+              f"{speed:,.0f} images/s (median of {len(values)}), {entry['ratio_to_one_process']:.2f}x 1 process")  # fmt: skip
     write_results(results, args.out)
 
 

@@ -79,7 +79,7 @@ class Config:
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off")
-    channels_last: bool = option(True, "conv models: NHWC memory layout (measured 1.5-2.4x faster for lenet and cnn on 2 CPU cores; docs/BENCHMARKS.md)")
+    channels_last: bool = option(True, "conv models: NHWC memory layout (measured 1.1-1.3x faster for lenet and cnn on 2 CPU cores; docs/BENCHMARKS.md)")
     compile: bool = option(False, "torch.compile the model (measured slower on small CPUs; try it on GPUs)")
     loader: str = option("auto", "resident (the split on the device, batches by one gather), dataloader, or auto (resident when it fits)")
     num_workers: int = option(0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)")
