@@ -42,7 +42,7 @@ def main() -> None:
         print(f"{'model':<6} {'floats':>9} {'all_reduce':>11} {'broadcast':>10} {'all_gather':>11}")
     for name in args.models:
         size = sum(p.numel() for p in build_model(name, INFO["fashion-mnist"]).parameters())
-        tensor = torch.ones(size, device=device)
+        tensor = torch.zeros(size, device=device)  # zeros stay zeros however often they are summed
         gathered = [torch.empty_like(tensor) for _ in range(world_size)]
         calls = {
             "all_reduce": lambda: dist.all_reduce(tensor),

@@ -206,8 +206,12 @@ class Checkpointer:
                             "delete that checkpoint or pass --resume none.") from None  # fmt: skip
         training = load_data(path / "training.pt")
         rank_state = load_data(path / f"rank-{self.accelerator.process_index}.pt")
+        # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
+        kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict(training["optimizer"])
+            for group, keep in zip(optimizer.param_groups, kernels):
+                group.update(keep)
             scheduler.load_state_dict(training["scheduler"])
             if self.accelerator.scaler is not None and training["scaler"]:
                 self.accelerator.scaler.load_state_dict(training["scaler"])

@@ -4,7 +4,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, parse_flag_from_env, set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 
 from mnist_dist.config import Config
 from mnist_dist.errors import ConfigError
@@ -69,10 +69,6 @@ def build_accelerator(config: Config) -> Accelerator:
     accelerator = Accelerator(
         cpu=device_type == "cpu",
         mixed_precision=resolve_precision(config.mixed_precision, device_type),
-        # DDP would broadcast rank 0's BatchNorm statistics before every forward, one more
-        # collective per step. They are used only to evaluate and save, and the trainer takes
-        # rank 0's statistics for both, so each rank keeps its own while training.
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     if accelerator.num_processes != launched_world_size():
         raise RuntimeError(
@@ -86,10 +82,12 @@ def build_accelerator(config: Config) -> Accelerator:
 def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Tensor]:
     """A DDP communication hook for gloo: gather every rank's gradients, sum them in rank order, average.
 
-    Gloo's all_reduce takes several message rounds; on small CPU models each round's latency,
-    not the bytes, sets the cost: bench/allreduce.py measured 3.2 ms for LeNet's 33,000 floats
-    against 1.5 ms for an all_gather of the same tensor, on a LeNet step of 5-7 ms. Every rank
-    adds the same tensors in the same order, so all ranks step with identical gradients.
+    Gloo's all_reduce takes twice the message rounds of an all_gather, and on small CPU models the
+    rounds' latency, not the bytes, sets the cost: with 2 processes here, bench/allreduce.py measured
+    all_reduce at 1.2-2.1x the time of an all_gather of the same gradients (LeNet: 3.2 against 1.5 ms,
+    on a step of 5-7 ms). Every rank adds the same tensors in the same order, so all ranks step with
+    identical gradients. An all_gather moves world_size / 2 times the bytes of an all_reduce: fine
+    for these models' 0.1-0.6 MB of gradients, not for large models over a real network.
     """
     group = process_group or torch.distributed.group.WORLD
     flat = bucket.buffer()
@@ -105,8 +103,13 @@ def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Ten
     return gathered.then(average)
 
 
-def tune_gradient_sync(model: torch.nn.Module) -> None:
-    """On gloo, sync a DDP model's gradients with gather_average_hook; NCCL's all-reduce stays."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and torch.distributed.get_backend() == "gloo":
+def configure_ddp(model: torch.nn.Module) -> None:
+    """Trim what a DDP-wrapped model synchronizes per step (a no-op for an unwrapped model)."""
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return
+    # DDP would broadcast rank 0's BatchNorm statistics before every forward: one more collective
+    # per step. They are used only to evaluate and save, and the trainer takes rank 0's for both,
+    # so each rank keeps its own while training (DDP still syncs them once, at wrapping).
+    model.forward_sync_buffers = False
+    if torch.distributed.get_backend() == "gloo":  # NCCL's all_reduce stays
         model.register_comm_hook(None, gather_average_hook)
-

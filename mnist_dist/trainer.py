@@ -19,7 +19,7 @@ from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
 from mnist_dist.data.resident import ResidentLoader, fits_on
 from mnist_dist.data.sharding import eval_shard, train_indices, train_loader, train_sampler
-from mnist_dist.distributed import tune_gradient_sync
+from mnist_dist.distributed import configure_ddp
 from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate
 from mnist_dist.models import build_model
@@ -78,7 +78,7 @@ class Trainer:
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)
         self.module = model  # the bare model, whose weights are saved and loaded: never "module." keys
         self.model, self.optimizer = accelerator.prepare(model, optimizer)  # DDP-wrapped when distributed
-        tune_gradient_sync(self.model)
+        configure_ddp(self.model)
         # Accelerate's optimizer wrapper is needed for fp16's gradient scaler only. Without one, step
         # the optimizer itself: the wrapper looks packages up on every step and zero_grad inspects
         # signatures (0.4 ms a step here, a quarter of the MLP's step: bench/overhead.py).

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from conftest import run_script
 
 PROBE = "tests/integration/probe_sharding.py"
@@ -49,3 +50,20 @@ def test_evaluation_counts_every_sample_once_and_matches_one_process(two_ranks, 
 def test_accelerate_launch_with_the_cpu_config_forms_one_group(tmp_path):
     reports = probe(tmp_path, 2, "accelerate")
     assert [report["world_size"] for report in reports] == [2, 2]
+
+
+def test_gloo_gradient_sync_matches_ddps_all_reduce_and_keeps_buffers_per_rank(tmp_path):
+    out = tmp_path / "sync"
+    out.mkdir()
+    result = run_script("tests/integration/probe_gradient_sync.py", [out], 2, "torchrun")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    for key, default in ranks[0]["default"].items():
+        # The trainer's hook averages like DDP's all_reduce, and both ranks get bit-identical gradients.
+        assert torch.allclose(ranks[0]["configured"][key], default, rtol=1e-5, atol=1e-7), key
+        assert torch.equal(ranks[0]["configured"][key], ranks[1]["configured"][key]), key
+    # No broadcast before each forward: rank 1's BatchNorm statistics are those of its own batches
+    # alone, as in a local model; with DDP's default, rank 0's overwrite them before the second.
+    key = "1.running_mean"
+    assert torch.equal(ranks[1]["configured buffers"][key], ranks[1]["local buffers"][key])
+    assert not torch.equal(ranks[1]["default buffers"][key], ranks[1]["local buffers"][key])

@@ -71,6 +71,18 @@ def test_load_restores_weights_optimizer_schedule_and_rng(parts):
     assert (random.random(), *torch.rand(3).tolist()) == (expected_draws[0], *expected_draws[1].tolist())
 
 
+def test_load_keeps_this_runs_optimizer_kernels(parts, accelerator):
+    """A checkpoint of a non-fused optimizer resumes fused here (load_state_dict would copy the flag)."""
+    checkpointer, model, optimizer, scheduler = parts
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    path = save(parts, 3)  # written by the fixture's plain SGD: fused=None
+    fused = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True))
+    checkpointer.load(path, model, fused, torch.optim.lr_scheduler.StepLR(fused, step_size=2))
+    assert fused.param_groups[0]["fused"] is True
+    assert torch.equal(fused.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
+
+
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(parts, monkeypatch):
     checkpointer = parts[0]
     good = save(parts, 10)
