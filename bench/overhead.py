@@ -7,7 +7,8 @@ the least any loop can do for that model and optimizer. "trainer": `Trainer.trai
 resident loader's batches (gather, normalize, the step, the epoch's loss and accuracy sums, the
 schedule). Both build the same model and optimizer from one Config.
 Bursts of each alternate so that other jobs on a shared machine slow both alike; the share of the
-trainer's step time outside the model step is 1 - bare / trainer. Runs on the CPU or one GPU.
+trainer's step time outside the model step is 1 - bare / trainer. Runs on the CPU or one GPU
+(with bf16; on a GPU that falls back to fp16, the bare loop would lack the trainer's gradient scaler).
 """
 
 import argparse
@@ -51,7 +52,7 @@ def measure(model_name: str, rounds: int, data_dir: str) -> dict:
 
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.
     model = build_model(model_name, data.info).to(device, memory_format=trainer.memory_format).train()
-    optimizer = build_optimizer(config, model, device)
+    optimizer = build_optimizer(config, model, device, accelerator.mixed_precision)
     images = [trainer.normalize(data.train.images[i : i + batch].to(device)).contiguous(memory_format=trainer.memory_format)
               for i in range(0, 50 * batch, batch)]  # fmt: skip
     labels = [data.train.labels[i : i + batch].to(device) for i in range(0, 50 * batch, batch)]

@@ -73,7 +73,7 @@ class Trainer:
         model = build_model(config.model, data.info).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.memory_format)
-        optimizer = build_optimizer(config, model, self.device)
+        optimizer = build_optimizer(config, model, self.device, accelerator.mixed_precision)
         # Not passed to accelerator.prepare: its wrapper steps a schedule once per process per step.
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)
         self.module = model  # the bare model, whose weights are saved and loaded: never "module." keys
