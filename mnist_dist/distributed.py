@@ -82,8 +82,8 @@ def build_accelerator(config: Config) -> Accelerator:
 def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Tensor]:
     """A DDP communication hook for gloo: gather every rank's gradients, sum them in rank order, average.
 
-    Gloo's all_reduce takes twice the message rounds of an all_gather, and on small CPU models the
-    rounds' latency, not the bytes, sets the cost: with 2 processes here, bench/allreduce.py measured
+    A ring all_reduce takes twice the message rounds of a ring all_gather (reduce-scatter, then
+    all-gather), and on small CPU models the rounds' latency more than the bytes sets the cost: with 2 processes here, bench/allreduce.py measured
     all_reduce at 1.2-2.1x the time of an all_gather of the same gradients (LeNet: 3.2 against 1.5 ms,
     on a step of 5-7 ms). Every rank adds the same tensors in the same order, so all ranks step with
     identical gradients. An all_gather moves world_size / 2 times the bytes of an all_reduce: fine
