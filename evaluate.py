@@ -12,13 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES
-from mnist_dist.errors import ConfigError, UserError, report_error
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2, like train.py
-        raise ConfigError(f"{message}. See python evaluate.py --help.")
+from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES, Parser
+from mnist_dist.errors import UserError, report_error
 
 
 def positive(text: str) -> int:
@@ -28,7 +23,7 @@ def positive(text: str) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False, script="evaluate.py")
     parser.add_argument("--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file")
     parser.add_argument("--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)")
     parser.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate (default: test)")
@@ -97,9 +92,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
                            into=args.wandb_eval, mode=args.wandb)  # fmt: skip
         accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
     finally:
-        accelerator.end_training()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        accelerator.end_training()  # also destroys the process group
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import BIN, machine, write_results  # noqa: E402
+from bench.runs import machine, train_command, write_results  # noqa: E402
 from mnist_dist.data.datasets import INFO  # noqa: E402
 from mnist_dist.distributed import gather_average_hook  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
@@ -68,12 +68,10 @@ def worker(model_name: str, batch: int, variant: str) -> None:
 
 
 def run(model_name: str, batch: int, variant: str) -> float:
-    command = [sys.executable, __file__, "--worker", variant, "--model", model_name, "--batch", str(batch)]
-    threads = "2"
-    if variant != "1 process":
-        command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", *command[1:]]
-        threads = "1"
-    output = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads}, capture_output=True, text=True, check=True).stdout
+    processes = 1 if variant == "1 process" else 2
+    command = train_command(["--worker", variant, "--model", model_name, "--batch", str(batch)], processes, Path(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes)}
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return float(next(line for line in output.splitlines() if line.startswith("images/s")).split()[1])
 
 

@@ -2,12 +2,13 @@
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mnist_dist.figures import read_metrics_log
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -19,10 +20,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
-def train_command(args: list[str], processes: int = 1) -> list[str]:
+def train_command(args: list[str], processes: int = 1, script: Path = REPO / "train.py") -> list[str]:
     if processes == 1:
-        return [sys.executable, str(REPO / "train.py"), *args]
-    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes), str(REPO / "train.py"), *args]
+        return [sys.executable, str(script), *args]
+    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes), str(script), *args]
 
 
 def run_train(args: list[str], processes: int = 1, threads: int | None = None, watch: tuple[float, ...] = ()) -> dict:
@@ -56,14 +57,7 @@ def run_train(args: list[str], processes: int = 1, threads: int | None = None, w
 
 def epoch_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [row for row in rows if row["type"] == "epoch"]
-
-
-def median(values) -> float:
-    return statistics.median(values)
+    return read_metrics_log(path)[1] if path.exists() else []  # tolerates a line still being written
 
 
 def write_results(results: dict, out: str) -> None:

@@ -30,8 +30,8 @@ from safetensors.torch import load_file, save_file
 
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError
+from mnist_dist.runfiles import COMPLETE, complete_checkpoints, newest_checkpoint, step_of, write_atomically
 
-COMPLETE = "COMPLETE"
 # Options that fix which samples each step sees: a resumed run must keep them.
 MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
 
@@ -130,7 +130,7 @@ class Checkpointer:
                     (partial / "state.json").write_text(json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2))
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
             failure = f"{type(error).__name__}: {error}"
-        failures = [failure] if accelerator.num_processes == 1 else gather_object([failure])
+        failures = gather_object([failure])
         if any(failures):
             if accelerator.is_main_process:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -141,7 +141,7 @@ class Checkpointer:
             (partial / COMPLETE).write_text("")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)  # the checkpoint appears all at once
-            _write_atomically(self.folder / "latest", final.name + "\n")
+            write_atomically(self.folder / "latest", final.name + "\n")
             self._prune(keep_best=state.best_step)
         accelerator.wait_for_everyone()
         return final
@@ -168,9 +168,9 @@ class Checkpointer:
             complete = self.complete_checkpoints()
             return complete[-1] if complete else None
         path = Path(resume)
-        complete = complete_checkpoints(path / "checkpoints")  # a run dir: its newest checkpoint
-        if complete:
-            return complete[-1]
+        newest = newest_checkpoint(path)  # a run dir: its newest checkpoint
+        if newest is not None:
+            return newest
         if not (path / COMPLETE).is_file():
             raise UserError(f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
                             "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder.")  # fmt: skip
@@ -220,20 +220,3 @@ class Checkpointer:
             raise UserError(f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
                             "delete that checkpoint or pass --resume none.") from None  # fmt: skip
         return state, rank_state
-
-
-def complete_checkpoints(folder: Path | None) -> list[Path]:
-    """The complete checkpoints in a run's checkpoints/ folder, oldest first."""
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted((path for path in folder.glob("step-*") if (path / COMPLETE).is_file()), key=step_of)
-
-
-def step_of(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

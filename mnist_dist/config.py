@@ -193,13 +193,19 @@ def load_yaml(path: str) -> dict[str, Any]:
     return values
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, the usual exit code 2, no usage dump
-        raise ConfigError(f"{message}. See python train.py --help.")
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and the usual exit code 2, with no usage dump."""
+
+    def __init__(self, *args, script: str = "train.py", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script = script
+
+    def error(self, message: str):
+        raise ConfigError(f"{message}. See python {self.script} --help.")
 
 
 def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         description=description,
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override
         allow_abbrev=False,

@@ -14,9 +14,8 @@ EPOCH_COLUMNS = ("epoch", "train loss", "train acc", "eval loss", "eval acc", "s
 
 
 class Reporter:
-    def __init__(self, enabled: bool, log_every: int):
+    def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.log_every = log_every
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.live = self.console.is_terminal
         self.progress: Progress | None = None

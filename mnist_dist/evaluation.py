@@ -38,8 +38,7 @@ def evaluate(model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, ac
     # One host sync for the whole split: (batch number, loss sum, correct, count) per batch.
     totals = torch.stack([torch.stack(loss_sums).double(), torch.stack(correct_counts).double()]).tolist() if counts else [[], []]
     rows = list(zip(shard.batch_numbers, *totals, counts))
-    if accelerator.num_processes > 1:
-        rows = gather_object(rows)
+    rows = gather_object(rows)  # unchanged in a single process
     rows.sort()
     model.train(was_training)
     count = sum(row[3] for row in rows)
@@ -86,8 +85,7 @@ def predict_split(model: torch.nn.Module, shard: EvalShard, normalize: Normalize
         logits = model(normalize(images.to(accelerator.device, non_blocking=True))).float()
         loss_sum = F.cross_entropy(logits, labels, reduction="sum").double().item()
         rows.append((number, loss_sum, labels.cpu(), logits.argmax(dim=1).cpu(), logits.softmax(dim=1).cpu()))
-    if accelerator.num_processes > 1:
-        rows = gather_object(rows)
+    rows = gather_object(rows)  # unchanged in a single process
     rows.sort(key=lambda row: row[0])
     model.train(was_training)
     labels = torch.cat([row[2] for row in rows])

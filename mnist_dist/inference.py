@@ -15,12 +15,12 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 
-from mnist_dist.checkpoint import complete_checkpoints
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo
 from mnist_dist.errors import UserError
 from mnist_dist.models import build_model
+from mnist_dist.runfiles import newest_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
 SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
@@ -73,9 +73,9 @@ def find_weights(path: Path) -> Path:
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file")
     if (path / WEIGHTS_FILE).is_file():
         return path / WEIGHTS_FILE
-    saved = complete_checkpoints(path / "checkpoints")  # a run stopped before its final save
-    if saved:
-        return saved[-1] / WEIGHTS_FILE
+    saved = newest_checkpoint(path)  # a run stopped before its final save
+    if saved is not None:
+        return saved / WEIGHTS_FILE
     raise CheckpointError(f"{path} holds no {WEIGHTS_FILE}; pass a finished run directory or a .safetensors file")
 
 

@@ -21,8 +21,7 @@ def prepare_run_dir(config: Config, accelerator: Accelerator) -> Path | None:
     if config.dry_run:
         return None
     name = [config.run_name or f"{config.model}-{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(name)
+    broadcast_object_list(name)  # a no-op in a single process
     config.run_name = name[0]
     run_dir = Path(config.run_dir or Path("runs") / config.run_name)
     config.run_dir = str(run_dir)
@@ -64,6 +63,4 @@ def train(config: Config) -> dict:
     finally:
         if trainer is not None:
             trainer.close()
-        accelerator.end_training()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        accelerator.end_training()  # also destroys the process group

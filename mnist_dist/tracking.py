@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mnist_dist.config import Config
+from mnist_dist.runfiles import write_atomically
 from mnist_dist.wandb_run import WandbRun, wandb_mode, wandb_names
-
-__all__ = ["Tracker", "wandb_mode"]
 
 
 def drop_rows_after(path: Path, step: int) -> None:
@@ -27,9 +26,7 @@ def drop_rows_after(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept))
-    temporary.replace(path)
+    write_atomically(path, "".join(kept))
 
 
 class Tracker:

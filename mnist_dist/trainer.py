@@ -89,7 +89,7 @@ class Trainer:
         self.state = TrainingState(world_size=world_size)
         self.epoch_sums = self.zero_sums()  # this rank's loss sum, correct count, samples in the epoch
         self.checkpointer = Checkpointer(config, accelerator, run_dir)
-        self.reporter = Reporter(self.is_main, config.log_every)
+        self.reporter = Reporter(self.is_main)
         resume_from = self.checkpointer.find(config.resume) if run_dir is not None else None
         if resume_from is not None:
             self.state, rank_state = self.checkpointer.load(resume_from, self.module, self.optimizer, self.scheduler)
@@ -151,12 +151,13 @@ class Trainer:
                 loss_sum, elapsed = self.epoch_sums["loss"].item(), time.perf_counter() - interval_start
                 self.log_step(epoch, step_in_epoch, (loss_sum - logged_loss) / interval_samples, interval_samples / elapsed)
                 logged_loss, interval_samples, interval_start = loss_sum, 0, time.perf_counter()
-            if self.state.step % CHECK_EVERY == 0 or self.checkpointer.due_at_step(self.state.step):
+            due = self.checkpointer.due_at_step(self.state.step)
+            if self.state.step % CHECK_EVERY == 0 or due:
                 self.check_health()
-            last_of_epoch = step_in_epoch == self.steps_per_epoch  # end_epoch saves that one, with the eval
-            if self.checkpointer.due_at_step(self.state.step) and not (last_of_epoch and self.checkpointer.due_at_epoch_end()):
+            last = step_in_epoch == steps
+            if due and not (last and self.checkpointer.due_at_epoch_end()):  # end_epoch saves the last, with the eval
                 self.save_checkpoint()
-            if step_in_epoch == steps:
+            if last:
                 break
         seconds = time.perf_counter() - epoch_start
         self.check_health()
@@ -215,7 +216,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         # Ranks hold identical weights, so each reaches the same verdict without a collective.
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():  # one host sync
             raise Diverged(f"the weights became NaN or infinite by step {self.state.step}; "
                            "no checkpoint was written for it. Lower --lr, or set --max-grad-norm.")  # fmt: skip
         rank_state = {"epoch_sums": {key: value.cpu() for key, value in self.epoch_sums.items()}}

@@ -28,6 +28,7 @@ import torch
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.data.images import Normalizer
 from mnist_dist.inference import nearest
+from mnist_dist.runfiles import write_atomically
 
 STATE_FILE = "wandb_run.json"
 INIT_TIMEOUT = 60  # seconds wandb.init may take online before we go offline instead
@@ -285,8 +286,7 @@ class WandbRun:
         path = self.state_folder / STATE_FILE
         state = {"run_id": self.id, "project": self.run.project, "entity": self.run.entity, "last_step": self.last_step}
         try:
-            path.with_name(path.name + ".tmp").write_text(json.dumps(state) + "\n")
-            os.replace(path.with_name(path.name + ".tmp"), path)
+            write_atomically(path, json.dumps(state) + "\n")
         except OSError:
             pass  # the next log writes it again; checkpoints carry the run id too
 

@@ -1,6 +1,6 @@
 """Named datasets: each gives a train and a test ImageSet plus its DatasetInfo."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mnist_dist.data import digits
@@ -9,18 +9,18 @@ from mnist_dist.errors import DatasetError
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DIGIT_CLASSES = tuple(str(i) for i in range(10))
+DIGIT_CLASSES = digits.CLASS_NAMES
 
 # Mean and std of each training set's pixels on the 0..1 scale (the values commonly published).
 INFO = {
     "digits": DatasetInfo("digits", 1, 28, 28, 10, (digits.MEAN,), (digits.STD,), DIGIT_CLASSES),
     "mnist": DatasetInfo("mnist", 1, 28, 28, 10, (0.1307,), (0.3081,), DIGIT_CLASSES),
-    "mnist-pkl": DatasetInfo("mnist-pkl", 1, 28, 28, 10, (0.1307,), (0.3081,), DIGIT_CLASSES),
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 28, 10, (0.2860,), (0.3530,), FASHION_CLASSES),
     "cifar10": DatasetInfo(
         "cifar10", 3, 32, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), CIFAR10_CLASSES
     ),
 }
+INFO["mnist-pkl"] = replace(INFO["mnist"], name="mnist-pkl")  # the same images, from another file
 
 
 @dataclass
