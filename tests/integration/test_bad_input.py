@@ -6,15 +6,7 @@ import struct
 
 import numpy as np
 import pytest
-
-
-def assert_clean_error(result, *fragments):
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+from conftest import assert_clean_error
 
 
 def test_bad_flag_value(train):

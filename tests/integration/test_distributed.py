@@ -1,6 +1,7 @@
 """Real processes in one gloo group: shards, world size, and exact evaluation."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,11 +10,16 @@ from conftest import run_script
 PROBE = "tests/integration/probe_sharding.py"
 
 
-def probe(tmp_path, processes, launcher=None):
-    out = tmp_path / f"{processes}-{launcher}"
+def run_probe(script: str, out: Path, processes: int, launcher: str | None = None) -> Path:
+    """Run a probe script that writes its per-rank results into the new folder `out`."""
     out.mkdir()
-    result = run_script(PROBE, [out], processes, launcher)
+    result = run_script(script, [out], processes, launcher)
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def probe(tmp_path, processes, launcher=None):
+    out = run_probe(PROBE, tmp_path / f"{processes}-{launcher}", processes, launcher)
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(processes)]
 
 
@@ -53,10 +59,7 @@ def test_accelerate_launch_with_the_cpu_config_forms_one_group(tmp_path):
 
 
 def test_gloo_gradient_sync_matches_ddps_all_reduce_and_keeps_buffers_per_rank(tmp_path):
-    out = tmp_path / "sync"
-    out.mkdir()
-    result = run_script("tests/integration/probe_gradient_sync.py", [out], 2, "torchrun")
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_probe("tests/integration/probe_gradient_sync.py", tmp_path / "sync", 2, "torchrun")
     ranks = [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
     for key, default in ranks[0]["default"].items():
         # The trainer's hook averages like DDP's all_reduce, and both ranks get bit-identical gradients.

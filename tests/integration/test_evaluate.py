@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, assert_clean_error, error_lines, run_script, summary, train_into
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
@@ -27,10 +27,7 @@ INK, PAPER = (25, 25, 35), (236, 232, 224)  # dark ink on slightly warm paper, l
 def run_dir(data_dir, tmp_path_factory):
     """One LeNet trained for one epoch on digits (about 99%), shared by every test in this module."""
     run_dir = tmp_path_factory.mktemp("evaluate") / "lenet-digits"
-    args = ["--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", "--data-dir", data_dir,
-            "--run-dir", run_dir, "--wandb", "disabled"]  # fmt: skip
-    result = run_script("train.py", args)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    train_into(run_dir, data_dir, "--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1")
     return run_dir
 
 
@@ -46,19 +43,15 @@ def main(*args) -> int:
     return evaluate_script.main([str(arg) for arg in args])
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error: ")]
-
-
 def test_report_agrees_with_training_and_prints_every_table(one_process, run_dir):
     result, out = one_process
     metrics = json.loads((out / "metrics.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    trained = summary(run_dir)
     assert metrics["samples"] == 5000 and metrics["accuracy"] >= 0.95
     # The trainer's last evaluation saw the same model and batches (a 5000-image split: 1e-3 is 5 images,
     # room for kernels that round differently in the training process).
-    assert metrics["accuracy"] == pytest.approx(summary["final_eval_accuracy"], abs=1e-3)
-    assert metrics["loss"] == pytest.approx(summary["final_eval_loss"], rel=1e-3)
+    assert metrics["accuracy"] == pytest.approx(trained["final_eval_accuracy"], abs=1e-3)
+    assert metrics["loss"] == pytest.approx(trained["final_eval_loss"], rel=1e-3)
     assert sum(map(sum, metrics["confusion_matrix"])) == 5000
     assert [row["name"] for row in metrics["per_class"]] == [str(digit) for digit in range(10)]
     for title in ("accuracy", "per class", "confusion matrix", "most confused", "report written to"):
@@ -145,10 +138,7 @@ def test_an_unreadable_image_is_reported_and_the_others_still_classified(run_dir
 
 def test_a_missing_checkpoint_is_one_line_through_the_real_entry_point(tmp_path):
     result = run_script("evaluate.py", ["--checkpoint", tmp_path / "nothing-here"])
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "does not exist" in lines[0] and "nothing-here" in lines[0]
+    assert_clean_error(result, "does not exist", "nothing-here")
 
 
 def copy_config(run_dir, folder):

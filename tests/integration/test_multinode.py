@@ -5,14 +5,13 @@ Each node runs its own torchrun, as launch/slurm/multi_node.sbatch does on a clu
 node rank x 2 + local rank, so every rank sees the same shard as in the one-node run.
 """
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import psutil
 import torch
-from conftest import BIN, REPO, free_port
+from conftest import BIN, REPO, free_port, summary
 from safetensors.torch import load_file
 
 # 30 optimizer steps of 4 x 32 samples: short, since 4 processes share 2 cores here.
@@ -40,10 +39,6 @@ def finish(*launchers: subprocess.Popen, timeout: float = 300) -> None:
         raise
     for launcher, output in zip(launchers, outputs):
         assert launcher.returncode == 0, output[-3000:]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def test_two_nodes_of_two_processes_match_one_node_of_four(data_dir, tmp_path):

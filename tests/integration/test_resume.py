@@ -4,7 +4,6 @@ A resumed run must end with exactly the weights of an uninterrupted one (determi
 same seed), having trained every sample of the interrupted epoch once.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -15,12 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import REPO, launch_command
+from conftest import REPO, assert_same_weights, launch_command, metrics_rows
 from safetensors.torch import load_file
 
 # 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40.
 ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
         "--checkpoint-every", "40", "--deterministic", "--lr", "0.05", "--wandb", "disabled"]  # fmt: skip
+WEIGHTS_DIFFER = "weights differ from the uninterrupted run"
 
 
 def start(run_dir: Path, data_dir: Path, processes: int, extra=(), launcher_args=()) -> subprocess.Popen:
@@ -55,19 +55,8 @@ def workers(process: subprocess.Popen) -> list[psutil.Process]:
     return children or [psutil.Process(process.pid)]
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "model.safetensors")
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = weights(a), weights(b)
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[name], second[name]) for name in first), "weights differ from the uninterrupted run"
-
-
 def epoch_row(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return next(row for row in reversed(rows) if row["type"] == "epoch")
+    return next(row for row in reversed(metrics_rows(run_dir)) if row["type"] == "epoch")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +85,7 @@ def kill_mid_epoch_then_resume(run_dir: Path, data_dir: Path, processes: int, ex
 
 
 def assert_same_run(resumed_dir: Path, reference_dir: Path, processes: int) -> None:
-    assert_same_weights(resumed_dir, reference_dir)
+    assert_same_weights(resumed_dir, reference_dir, WEIGHTS_DIFFER)
     # The same samples, each once: identical sample count and loss sums over the interrupted epoch.
     resumed, reference = epoch_row(resumed_dir), epoch_row(reference_dir)
     assert resumed["train_samples"] == reference["train_samples"] == 240 * 32 * processes
@@ -134,7 +123,7 @@ def test_sigterm_on_one_rank_checkpoints_all_ranks_and_exits_3(uninterrupted, da
     code, stdout, stderr = run(run_dir, data_dir, 2)
     assert code == 0, stderr[-3000:]
     assert f"resumed from {run_dir / 'checkpoints' / latest}" in stdout
-    assert_same_weights(run_dir, uninterrupted[2])
+    assert_same_weights(run_dir, uninterrupted[2], WEIGHTS_DIFFER)
 
 
 def test_sigterm_alone_exits_3_with_a_checkpoint(data_dir, tmp_path):
@@ -155,7 +144,7 @@ def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path)
     code, stdout, stderr = finish(process)
     assert code == 0, stderr[-3000:]
     assert "resumed from" in stdout
-    assert_same_weights(run_dir, uninterrupted[2])
+    assert_same_weights(run_dir, uninterrupted[2], WEIGHTS_DIFFER)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(data_dir, tmp_path):
@@ -213,6 +202,5 @@ def test_metrics_log_has_one_row_per_step_after_a_resume(data_dir, tmp_path):
     finish(process)
     code, _, stderr = run(run_dir, data_dir, 1, ["--log-every", "10"])
     assert code == 0, stderr[-2000:]
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["type"] == "step"]  # fmt: skip
+    steps = [row["step"] for row in metrics_rows(run_dir) if row["type"] == "step"]
     assert steps == list(range(10, 241, 10))

@@ -10,7 +10,6 @@ The requeued job must resume from the checkpoint and end with exactly the weight
 uninterrupted job (--deterministic, the same seed and world size).
 """
 
-import json
 import os
 import re
 import shutil
@@ -19,9 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO
-from safetensors.torch import load_file
+from conftest import REPO, assert_same_weights, metrics_rows, summary
 from slurm_cluster import SlurmCluster, leftover_processes, missing_programs
 
 SCRIPTS = REPO / "launch" / "slurm"
@@ -29,6 +26,7 @@ SCRIPTS = REPO / "launch" / "slurm"
 # training on 2 cores, after about 10 s of start-up.
 ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
         "--checkpoint-every", "40", "--deterministic", "--lr", "0.05"]  # fmt: skip
+WEIGHTS_DIFFER = "weights differ from the uninterrupted job"
 
 
 def skip_or_fail(reason: str) -> None:
@@ -86,13 +84,7 @@ class Job:
         return self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
 
     def summary(self) -> dict:
-        return json.loads((self.run_dir / "summary.json").read_text())
-
-
-def assert_same_weights(run_dir: Path, reference: Path) -> None:
-    weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference / "model.safetensors")
-    assert weights.keys() == expected.keys()
-    assert all(torch.equal(weights[name], expected[name]) for name in weights), "weights differ from the uninterrupted job"
+        return summary(self.run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +114,7 @@ def test_cpu_sbatch_with_two_tasks_trains_one_two_process_group(uninterrupted):
     assert summary["world_size"] == 2 and summary["steps"] == 240
     assert summary["final_eval_accuracy"] > 0.5
     assert (job.run_dir / "model.safetensors").is_file()
-    rows = [json.loads(line) for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(job.run_dir)
     assert {row["type"] for row in rows} == {"step", "epoch"}
     # The default run name comes from the job id, which a requeued job keeps.
     assert f"run_name: slurm-{job.id}" in (job.run_dir / "config.yaml").read_text()
@@ -140,7 +132,7 @@ def preempt_and_resume(cluster, job, uninterrupted, target: str) -> str:
     assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", log), log
     assert f"resumed from {job.run_dir / 'checkpoints'}/step-" in log
     assert job.summary()["world_size"] == 2
-    assert_same_weights(job.run_dir, uninterrupted.run_dir)
+    assert_same_weights(job.run_dir, uninterrupted.run_dir, WEIGHTS_DIFFER)
     return log
 
 
@@ -172,7 +164,7 @@ def test_single_node_script_runs_one_torchrun_process_per_device(cluster, uninte
     job = Job(cluster, "single_node.sbatch", tmp_path, data_dir, ["--gpus-per-node=0", "--cpus-per-task=2"], env={"NPROC_PER_NODE": "2"})
     job.wait_until_completed()
     assert job.summary()["world_size"] == 2
-    assert_same_weights(job.run_dir, uninterrupted.run_dir)
+    assert_same_weights(job.run_dir, uninterrupted.run_dir, WEIGHTS_DIFFER)
 
 
 def test_gpu_script_without_gpus_fails_with_a_clear_message(cluster, data_dir, tmp_path):

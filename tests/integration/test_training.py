@@ -1,22 +1,17 @@
 """End-to-end training runs with real processes: accuracy bars, files written, DDP equivalence."""
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, metrics_rows, summary
 from safetensors.torch import load_file
 
 from mnist_dist.config import load_yaml
 
-REPO = Path(__file__).resolve().parents[2]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(train):
@@ -27,7 +22,7 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     assert results["final_eval_accuracy"] >= 0.95, results
     # Everything the run promises is on disk and agrees with itself.
     assert load_yaml(str(run_dir / "config.yaml"))["model"] == "lenet"
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics_rows(run_dir)
     epochs = [line for line in lines if line["type"] == "epoch"]
     assert len(epochs) == 1 and epochs[0]["eval_accuracy"] == results["final_eval_accuracy"]
     assert epochs[0]["eval_samples"] == 5000

@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_script
-from safetensors.torch import load_file
+from conftest import REPO, assert_same_weights, metrics_rows, summary, train_into
 
 pytest.importorskip("wandb", reason="these tests read what the real wandb package writes")
 from wandb_files import offline_runs  # noqa: E402
@@ -32,33 +31,12 @@ def wandb_env(tmp_path_factory) -> dict:
             "WANDB_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip  # nothing listens there: no W&B server is ever reached
 
 
-def train_into(run_dir, data_dir, args, env, processes=1):
-    result = run_script("train.py", ["--data-dir", data_dir, "--run-dir", run_dir, *args], processes, env=env)
-    assert result.returncode == 0, f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 @pytest.fixture(scope="module")
 def two_process_job(tmp_path_factory, data_dir, wandb_env):
     run_dir = tmp_path_factory.mktemp("two-process") / "run"
-    result = train_into(run_dir, data_dir, TWO_PROCESS, wandb_env, processes=2)
+    result = train_into(run_dir, data_dir, *TWO_PROCESS, processes=2, env=wandb_env)
     (run,) = offline_runs(run_dir)
     return result, run_dir, run
-
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "model.safetensors"))
-
-
-def assert_same_weights(run_dir, other_dir) -> None:
-    first, second = weights(run_dir), weights(other_dir)
-    assert first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
 
 
 def staged_json(entry) -> dict:
@@ -92,14 +70,14 @@ def test_run_page_has_the_resolved_config_system_facts_and_names(two_process_job
 
 def test_logged_metrics_equal_metrics_jsonl_on_one_step_axis(two_process_job):
     _, run_dir, run = two_process_job
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = metrics_rows(run_dir)
     history = {row["_step"]: row for row in run.history}
     assert run.steps == sorted(set(run.steps))  # one row per global optimizer step, increasing
     assert [row["step"] for row in rows if row["type"] == "epoch"] == [20, 25]
     for row in rows:
         logged = wandb_names(row["type"], {key: value for key, value in row.items() if key not in ("type", "step")})
         assert {key: history[row["step"]][key] for key in logged} == logged
-    final = json.loads((run_dir / "summary.json").read_text())
+    final = summary(run_dir)
     assert history[25]["eval/accuracy"] == final["final_eval_accuracy"]
     for key in ("best_eval_accuracy", "final_eval_accuracy", "seconds"):
         assert run.summary[key] == final[key]
@@ -108,7 +86,7 @@ def test_logged_metrics_equal_metrics_jsonl_on_one_step_axis(two_process_job):
 
 def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two_process_job):
     _, run_dir, run = two_process_job
-    final = json.loads((run_dir / "summary.json").read_text())
+    final = summary(run_dir)
     assert "confusion_matrix" in run.config["_wandb"]["visualize"]  # wandb.plot.confusion_matrix's chart
     counts = staged_json(run.artifact("run_table", "confusion_matrix").manifest.contents[0])["data"]
     assert sum(n for _, _, n in counts) == 5000  # the whole digits test set
@@ -136,33 +114,33 @@ def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two
 def test_resumed_job_continues_the_same_run_and_its_steps_never_go_back(tmp_path, data_dir, wandb_env):
     run_dir = tmp_path / "run"
     args = [*SHORT, "--wandb", "offline", "--log-every", "1", "--checkpoint-every", "2", "--no-checkpoint-epochs", "--schedule", "none"]
-    train_into(run_dir, data_dir, [*args, "--max-steps", "4"], wandb_env)
+    train_into(run_dir, data_dir, *args, "--max-steps", "4", env=wandb_env)
     # A crash after step 4 was logged but before its checkpoint was complete: the job restarts from step 2.
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
-    result = train_into(run_dir, data_dir, [*args, "--max-steps", "6"], wandb_env)
+    result = train_into(run_dir, data_dir, *args, "--max-steps", "6", env=wandb_env)
     assert "(step 2, epoch 1)" in result.stdout
     first, second = offline_runs(run_dir)
     assert first.id == second.id
     assert first.steps == [1, 2, 3, 4]
     assert second.steps == [5, 6]  # steps 3 and 4 were trained again but not logged again
-    assert second.history[-1]["eval/accuracy"] == json.loads((run_dir / "summary.json").read_text())["final_eval_accuracy"]
+    assert second.history[-1]["eval/accuracy"] == summary(run_dir)["final_eval_accuracy"]
     assert json.loads((run_dir / STATE_FILE).read_text()) == {"run_id": first.id, "project": "mnist-dist", "entity": "", "last_step": 6}
 
 
 @pytest.fixture(scope="module")
 def without_wandb(tmp_path_factory, data_dir, wandb_env):
     run_dir = tmp_path_factory.mktemp("disabled") / "run"
-    train_into(run_dir, data_dir, [*SHORT, "--max-steps", "6", "--wandb", "disabled"], wandb_env)
+    train_into(run_dir, data_dir, *SHORT, "--max-steps", "6", "--wandb", "disabled", env=wandb_env)
     return run_dir
 
 
 def test_online_without_an_api_key_warns_once_then_logs_offline_with_identical_training(tmp_path, data_dir, wandb_env, without_wandb):
     run_dir = tmp_path / "run"
-    result = train_into(run_dir, data_dir, [*SHORT, "--max-steps", "6", "--wandb", "online"], wandb_env)
+    result = train_into(run_dir, data_dir, *SHORT, "--max-steps", "6", "--wandb", "online", env=wandb_env)
     assert result.stdout.count("W&B online failed (UsageError: No API key configured") == 1
     assert "logging offline instead: wandb sync" in result.stdout
     (run,) = offline_runs(run_dir)
-    assert run.history[-1]["eval/accuracy"] == json.loads((run_dir / "summary.json").read_text())["final_eval_accuracy"]
+    assert run.history[-1]["eval/accuracy"] == summary(run_dir)["final_eval_accuracy"]
     assert_same_weights(run_dir, without_wandb)
 
 
@@ -205,7 +183,7 @@ def test_failing_wandb_warns_once_and_training_ends_as_without_it(fails, message
     (fake / "__init__.py").write_text(FAILING_WANDB)
     env = {**wandb_env, "PYTHONPATH": f"{fake.parent}:{REPO}", "FAKE_WANDB_FAILS": fails}
     run_dir = tmp_path / "run"
-    result = train_into(run_dir, data_dir, [*SHORT, "--max-steps", "6", "--wandb", "online", "--log-every", "1"], env)
+    result = train_into(run_dir, data_dir, *SHORT, "--max-steps", "6", "--wandb", "online", "--log-every", "1", env=env)
     assert result.stdout.count("W&B disabled") == 1 and message in result.stdout
     assert_same_weights(run_dir, without_wandb)
 

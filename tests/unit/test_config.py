@@ -5,11 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from mnist_dist.config import MODELS, Config, load_yaml, make_config, parse_config, save_yaml
 from mnist_dist.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> str:

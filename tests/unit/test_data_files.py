@@ -309,7 +309,6 @@ def test_reads_debian_fashion_mnist_test_split(tmp_path, monkeypatch):
 
 def test_labels_outside_the_classes_are_a_dataset_error():
     from mnist_dist.data.datasets import _as_data
-    from mnist_dist.errors import DatasetError
 
     images = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
     good, bad = torch.tensor([0, 1, 2, 9]), torch.tensor([0, 1, 2, 10])

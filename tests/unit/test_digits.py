@@ -71,8 +71,8 @@ def test_labels_match_the_drawn_glyphs():
     assert (predictions == test_labels).float().mean() > 0.5
 
 
-def test_mean_and_std_constants_match_the_default_train_split(tmp_path):
-    train_images, *_ = load_digits(tmp_path)
+def test_mean_and_std_constants_match_the_default_train_split(data_dir):
+    train_images, *_ = load_digits(data_dir)  # the session's data folder: generated once, shared with training
     pixels = train_images.float().div(255)
     assert pixels.mean().item() == pytest.approx(MEAN, abs=0.005)
     assert pixels.std().item() == pytest.approx(STD, abs=0.005)
