@@ -24,18 +24,31 @@ def positive(text: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False, script="evaluate.py")
-    parser.add_argument("--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file")
-    parser.add_argument("--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file"
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)"
+    )
     parser.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--batch-size", type=positive, help="images per evaluation batch per process (default: the run's)")
+    parser.add_argument(
+        "--batch-size", type=positive, help="images per evaluation batch per process (default: the run's)"
+    )
     parser.add_argument("--data-dir", help="folder with the dataset files (default: the run's)")
     parser.add_argument("--data-file", help="path to mnist.pkl.gz (dataset mnist-pkl only)")
-    parser.add_argument("--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)")
-    parser.add_argument("--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead")
+    parser.add_argument(
+        "--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)"
+    )
+    parser.add_argument(
+        "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
+    )
     parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
     parser.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode for the report (default: the training run's)")
-    parser.add_argument("--wandb-eval", choices=WANDB_EVAL_TARGETS,
-                        help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval")  # fmt: skip
+    parser.add_argument(
+        "--wandb-eval",
+        choices=WANDB_EVAL_TARGETS,
+        help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval",
+    )
     args = parser.parse_args(argv)
     if args.json and not args.predict:
         parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
@@ -67,7 +80,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     info = check_dataset_fits(run, dataset)  # before any data is loaded: a mismatch fails at once
     model = build_trained_model(run)
     # Precision follows this machine (auto), not the training machine: fp16 from a GPU fails on a CPU.
-    overrides = {"mixed_precision": "auto", "dataset": dataset, "data_dir": args.data_dir, "data_file": args.data_file, "eval_batch_size": args.batch_size}
+    overrides = {
+        "mixed_precision": "auto",
+        "dataset": dataset,
+        "data_dir": args.data_dir,
+        "data_file": args.data_file,
+        "eval_batch_size": args.batch_size,
+    }
     config = dataclasses.replace(run.config, **{key: value for key, value in overrides.items() if value is not None})
     accelerator = build_accelerator(config)
     try:
@@ -80,16 +99,34 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         # The model's inputs are normalized as in training, with its training set's mean and std.
         predictions = predict_split(model, shard, Normalizer(run.info, accelerator.device), accelerator)
         if accelerator.is_main_process:  # every rank holds the whole split's predictions; one reports
-            about = {"checkpoint": str(run.weights_path), "model": config.model, "trained_on": run.config.dataset,
-                     "dataset": dataset, "split": args.split}  # fmt: skip
+            about = {
+                "checkpoint": str(run.weights_path),
+                "model": config.model,
+                "trained_on": run.config.dataset,
+                "dataset": dataset,
+                "split": args.split,
+            }
             metrics = report.build_metrics(predictions, info.class_names, about)
             report.print_report(metrics)
-            out_dir = Path(args.out) if args.out else default_out_dir(run.weights_path, run.config.dataset, dataset, args.split)
+            out_dir = (
+                Path(args.out)
+                if args.out
+                else default_out_dir(run.weights_path, run.config.dataset, dataset, args.split)
+            )
             written = report.write_report(metrics, predictions, split.images, run, out_dir)
             print(f"report written to {out_dir}/: {', '.join(written)}")
             figures = [out_dir / name for name in written if name.endswith(".png")]
-            log_evaluation(run.config, run.weights_path, metrics, predictions, split.images, figures, out_dir,
-                           into=args.wandb_eval, mode=args.wandb)  # fmt: skip
+            log_evaluation(
+                run.config,
+                run.weights_path,
+                metrics,
+                predictions,
+                split.images,
+                figures,
+                out_dir,
+                into=args.wandb_eval,
+                mode=args.wandb,
+            )
         accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
     finally:
         accelerator.end_training()  # also destroys the process group

@@ -44,10 +44,10 @@ def main() -> None:
         size = sum(p.numel() for p in build_model(name, INFO["fashion-mnist"]).parameters())
         tensor = torch.zeros(size, device=device)  # zeros stay zeros however often they are summed
         gathered = [torch.empty_like(tensor) for _ in range(world_size)]
-        calls = {
-            "all_reduce": lambda: dist.all_reduce(tensor),
-            "broadcast": lambda: dist.broadcast(tensor, src=0),
-            "all_gather": lambda: dist.all_gather(gathered, tensor),
+        calls = {  # default arguments bind this model's tensors
+            "all_reduce": lambda tensor=tensor: dist.all_reduce(tensor),
+            "broadcast": lambda tensor=tensor: dist.broadcast(tensor, src=0),
+            "all_gather": lambda tensor=tensor, gathered=gathered: dist.all_gather(gathered, tensor),
         }
         seconds = {key: [] for key in calls}
         for repeat in range(REPEATS + 1):  # the first is a warm-up
@@ -63,7 +63,8 @@ def main() -> None:
         row = {"floats": size, **{f"{key}_us": statistics.median(values) * 1e6 for key, values in seconds.items()}}
         results["models"][name] = row
         if rank == 0:
-            print(f"{name:<6} {size:>9,} {row['all_reduce_us']:>11,.0f} {row['broadcast_us']:>10,.0f} {row['all_gather_us']:>11,.0f}")
+            timings = f"{row['all_reduce_us']:>11,.0f} {row['broadcast_us']:>10,.0f} {row['all_gather_us']:>11,.0f}"
+            print(f"{name:<6} {size:>9,} {timings}")
     if rank == 0:
         write_results(results, args.out)
     dist.barrier()

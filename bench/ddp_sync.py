@@ -69,7 +69,9 @@ def worker(model_name: str, batch: int, variant: str) -> None:
 
 def run(model_name: str, batch: int, variant: str) -> float:
     processes = 1 if variant == "1 process" else 2
-    command = train_command(["--worker", variant, "--model", model_name, "--batch", str(batch)], processes, Path(__file__))
+    command = train_command(
+        ["--worker", variant, "--model", model_name, "--batch", str(batch)], processes, Path(__file__)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(2 // processes)}
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return float(next(line for line in output.splitlines() if line.startswith("images/s")).split()[1])
@@ -92,8 +94,10 @@ def main() -> None:
     results = {"machine": machine(), "model": args.model, "global_batch": args.batch, "variants": {}}
     for variant, values in speeds.items():
         results["variants"][variant] = {"images_per_second": statistics.median(values), "repeats": values}
-        print(f"{args.model} batch {args.batch}, {variant:<12} {statistics.median(values):>9,.0f} images/s "
-              f"(runs: {', '.join(f'{value:,.0f}' for value in values)})")  # fmt: skip
+        print(
+            f"{args.model} batch {args.batch}, {variant:<12} {statistics.median(values):>9,.0f} images/s "
+            f"(runs: {', '.join(f'{value:,.0f}' for value in values)})"
+        )
     write_results(results, args.out)
 
 

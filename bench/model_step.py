@@ -24,12 +24,18 @@ from mnist_dist.models import build_model  # noqa: E402
 STEPS_PER_BURST = 20
 IMPLEMENTATIONS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 CASES = [  # model, batch, channels_last, optimizer, implementation
-    ("lenet", 100, False, "sgd", "fused"), ("lenet", 100, True, "sgd", "fused"),
-    ("lenet", 256, False, "sgd", "fused"), ("lenet", 256, True, "sgd", "fused"),
-    ("cnn", 256, False, "sgd", "fused"), ("cnn", 256, True, "sgd", "fused"),
-    ("lenet", 100, True, "sgd", "single"), ("lenet", 100, True, "sgd", "foreach"),
-    ("mlp", 64, False, "adam", "single"), ("mlp", 64, False, "adam", "foreach"), ("mlp", 64, False, "adam", "fused"),
-]  # fmt: skip
+    ("lenet", 100, False, "sgd", "fused"),
+    ("lenet", 100, True, "sgd", "fused"),
+    ("lenet", 256, False, "sgd", "fused"),
+    ("lenet", 256, True, "sgd", "fused"),
+    ("cnn", 256, False, "sgd", "fused"),
+    ("cnn", 256, True, "sgd", "fused"),
+    ("lenet", 100, True, "sgd", "single"),
+    ("lenet", 100, True, "sgd", "foreach"),
+    ("mlp", 64, False, "adam", "single"),
+    ("mlp", 64, False, "adam", "foreach"),
+    ("mlp", 64, False, "adam", "fused"),
+]
 
 
 def step_function(model_name: str, batch: int, channels_last: bool, optimizer: str, implementation: str):
@@ -70,7 +76,8 @@ def main() -> None:
     print(f"threads: {torch.get_num_threads()}, median of {args.rounds} rounds of {STEPS_PER_BURST} steps")
     for (model_name, batch, channels_last, optimizer, implementation), results in zip(CASES, speeds):
         layout = "channels_last" if channels_last else "NCHW"
-        print(f"{model_name:<6} batch {batch:<4} {layout:<14} {optimizer:<4} {implementation:<8} {statistics.median(results):>9,.0f} images/s")
+        variant = f"{model_name:<6} batch {batch:<4} {layout:<14} {optimizer:<4} {implementation:<8}"
+        print(f"{variant} {statistics.median(results):>9,.0f} images/s")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,14 @@ from mnist_dist.trainer import Trainer  # noqa: E402
 
 RECIPES = {  # the throughput benchmark's classic recipes, and the default cnn recipe
     "mlp": {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "none"},
-    "lenet": {"batch_size": 100, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "schedule": "none"},
+    "lenet": {
+        "batch_size": 100,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": False,
+        "schedule": "none",
+    },
     "cnn": {"batch_size": 256},
 }
 STEPS_PER_BURST = 20
@@ -43,8 +50,17 @@ def sync(device: torch.device) -> None:
 
 
 def measure(model_name: str, rounds: int, data_dir: str) -> dict:
-    config = make_config({"model": model_name, "dataset": "fashion-mnist", "data_dir": data_dir, "loader": "resident",
-                          "wandb": "disabled", "epochs": 50, **RECIPES[model_name]})  # fmt: skip
+    config = make_config(
+        {
+            "model": model_name,
+            "dataset": "fashion-mnist",
+            "data_dir": data_dir,
+            "loader": "resident",
+            "wandb": "disabled",
+            "epochs": 50,
+            **RECIPES[model_name],
+        }
+    )
     accelerator = build_accelerator(config)
     data = load_dataset(config.dataset, config.data_dir, config.data_file, download=True)
     trainer = Trainer(config, accelerator, data, None, {})
@@ -53,8 +69,10 @@ def measure(model_name: str, rounds: int, data_dir: str) -> dict:
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.
     model = build_model(model_name, data.info).to(device, memory_format=trainer.memory_format).train()
     optimizer = build_optimizer(config, model, device, accelerator.mixed_precision)
-    images = [trainer.normalize(data.train.images[i : i + batch].to(device)).contiguous(memory_format=trainer.memory_format)
-              for i in range(0, 50 * batch, batch)]  # fmt: skip
+    images = [
+        trainer.normalize(data.train.images[i : i + batch].to(device)).contiguous(memory_format=trainer.memory_format)
+        for i in range(0, 50 * batch, batch)
+    ]
     labels = [data.train.labels[i : i + batch].to(device) for i in range(0, 50 * batch, batch)]
 
     def bare_burst(start: int) -> None:
@@ -85,9 +103,15 @@ def measure(model_name: str, rounds: int, data_dir: str) -> dict:
             seconds[name].append((time.perf_counter() - start) / STEPS_PER_BURST)
     bare, full = statistics.median(seconds["bare"]), statistics.median(seconds["trainer"])
     trainer.close()
-    return {"batch_size": batch, "device": str(device), "bare_ms_per_step": bare * 1e3, "trainer_ms_per_step": full * 1e3,
-            "bare_images_per_second": batch / bare, "trainer_images_per_second": batch / full,
-            "share_outside_model_step": 1 - bare / full}  # fmt: skip
+    return {
+        "batch_size": batch,
+        "device": str(device),
+        "bare_ms_per_step": bare * 1e3,
+        "trainer_ms_per_step": full * 1e3,
+        "bare_images_per_second": batch / bare,
+        "trainer_images_per_second": batch / full,
+        "share_outside_model_step": 1 - bare / full,
+    }
 
 
 def main() -> None:
@@ -98,12 +122,16 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/overhead.json")
     args = parser.parse_args()
     results = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {}}
-    print(f"{'model':<6} {'batch':>5} {'bare ms':>8} {'trainer ms':>10} {'bare img/s':>11} {'trainer img/s':>13} {'outside':>8}")
+    print(f"{'model':<6} {'batch':>5} {'bare ms':>8} {'trainer ms':>10} ", end="")
+    print(f"{'bare img/s':>11} {'trainer img/s':>13} {'outside':>8}")
     for model_name in args.models:
         row = results["models"][model_name] = measure(model_name, args.rounds, args.data_dir)
-        print(f"{model_name:<6} {row['batch_size']:>5} {row['bare_ms_per_step']:>8.2f} {row['trainer_ms_per_step']:>10.2f} "
-              f"{row['bare_images_per_second']:>11,.0f} {row['trainer_images_per_second']:>13,.0f} "
-              f"{row['share_outside_model_step']:>8.0%}")  # fmt: skip
+        print(
+            f"{model_name:<6} {row['batch_size']:>5} {row['bare_ms_per_step']:>8.2f} "
+            f"{row['trainer_ms_per_step']:>10.2f} "
+            f"{row['bare_images_per_second']:>11,.0f} {row['trainer_images_per_second']:>13,.0f} "
+            f"{row['share_outside_model_step']:>8.0%}"
+        )
     write_results(results, args.out)
 
 

@@ -45,8 +45,19 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in variants:
             model, processes, threads, per_process = variant
-            common = ["--model", model, "--dataset", "fashion-mnist", "--data-dir", args.data_dir, "--epochs", str(args.epochs),
-                      "--batch-size", str(per_process), "--no-checkpoint-epochs"]  # fmt: skip
+            common = [
+                "--model",
+                model,
+                "--dataset",
+                "fashion-mnist",
+                "--data-dir",
+                args.data_dir,
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(per_process),
+                "--no-checkpoint-epochs",
+            ]
             if not args.gpus:
                 common.append("--cpu")
             speeds[variant].append(images_per_second(run_train(common, processes=processes, threads=threads)["rows"]))
@@ -54,12 +65,21 @@ def main() -> None:
     one_process = {variant[0]: statistics.median(values) for variant, values in speeds.items() if variant[1] == 1}
     for (model, processes, threads, per_process), values in speeds.items():
         speed = statistics.median(values)
-        entry = {"model": model, "processes": processes, "threads_per_process": threads, "batch_per_process": per_process,
-                 "global_batch": per_process * processes, "images_per_second": speed, "repeats": values,
-                 "ratio_to_one_process": speed / one_process[model]}  # fmt: skip
+        entry = {
+            "model": model,
+            "processes": processes,
+            "threads_per_process": threads,
+            "batch_per_process": per_process,
+            "global_batch": per_process * processes,
+            "images_per_second": speed,
+            "repeats": values,
+            "ratio_to_one_process": speed / one_process[model],
+        }
         results["runs"].append(entry)
-        print(f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s), batch {per_process} each: "
-              f"{speed:,.0f} images/s (median of {len(values)}), {entry['ratio_to_one_process']:.2f}x 1 process")  # fmt: skip
+        print(
+            f"{model:<6} {processes} process(es) x {threads or 'default'} thread(s), batch {per_process} each: "
+            f"{speed:,.0f} images/s (median of {len(values)}), {entry['ratio_to_one_process']:.2f}x 1 process"
+        )
     write_results(results, args.out)
 
 

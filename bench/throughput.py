@@ -61,17 +61,46 @@ def classic_loop(model_name: str, epochs: int, data_dir: Path) -> dict:
         with torch.no_grad():
             for images, labels in test_loader:
                 correct += (model(images).argmax(1) == labels).sum().item()
-        rows.append({"epoch_seconds": train_seconds, "eval_seconds": time.perf_counter() - start,
-                     "eval_accuracy": correct / len(test_set)})  # fmt: skip
+        rows.append(
+            {
+                "epoch_seconds": train_seconds,
+                "eval_seconds": time.perf_counter() - start,
+                "eval_accuracy": correct / len(test_set),
+            }
+        )
     return summarize(rows, len(train_set), len(test_set))
 
 
 def trainer(model_name: str, epochs: int, loader: str, data_dir: Path) -> dict:
     recipe = RECIPES[model_name]
-    args = ["--model", model_name, "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--epochs", str(epochs),
-            "--batch-size", str(recipe["batch_size"]), "--optimizer", recipe["optimizer"], "--lr", str(recipe["lr"]),
-            "--momentum", str(recipe["momentum"]), "--no-nesterov", "--weight-decay", "0", "--schedule", "none",
-            "--label-smoothing", "0", "--loader", loader, "--no-checkpoint-epochs"]  # fmt: skip
+    args = [
+        "--model",
+        model_name,
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(recipe["batch_size"]),
+        "--optimizer",
+        recipe["optimizer"],
+        "--lr",
+        str(recipe["lr"]),
+        "--momentum",
+        str(recipe["momentum"]),
+        "--no-nesterov",
+        "--weight-decay",
+        "0",
+        "--schedule",
+        "none",
+        "--label-smoothing",
+        "0",
+        "--loader",
+        loader,
+        "--no-checkpoint-epochs",
+    ]
     return summarize(run_train(args)["rows"], 60_000, 10_000)
 
 
@@ -92,9 +121,15 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/throughput.json")
     args = parser.parse_args()
     data_dir = prepare_torchvision_files("fashion-mnist", Path(args.data_dir), download=True)
-    results = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "epochs": args.epochs, "models": {}}  # fmt: skip
-    print(f"{'model':<6} {'loop':<22} {'train img/s':>12} {'eval img/s':>11} {'epoch s':>8} {'test acc':>9} {'x classic':>10}")
+    results = {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "epochs": args.epochs,
+        "models": {},
+    }
+    columns = f"{'train img/s':>12} {'eval img/s':>11} {'epoch s':>8} {'test acc':>9} {'x classic':>10}"
+    print(f"{'model':<6} {'loop':<22} {columns}")
     for model_name in args.models:
         loops = {
             "(a) classic": classic_loop(model_name, args.epochs, data_dir),
@@ -104,8 +139,11 @@ def main() -> None:
         baseline = loops["(a) classic"]["train_images_per_second"]
         for name, figures in loops.items():
             figures["ratio_to_classic"] = figures["train_images_per_second"] / baseline
-            print(f"{model_name:<6} {name:<22} {figures['train_images_per_second']:>12,.0f} {figures['eval_images_per_second']:>11,.0f} "
-                  f"{figures['epoch_seconds']:>8.1f} {figures['test_accuracy']:>9.2%} {figures['ratio_to_classic']:>9.1f}x")  # fmt: skip
+            print(
+                f"{model_name:<6} {name:<22} {figures['train_images_per_second']:>12,.0f} "
+                f"{figures['eval_images_per_second']:>11,.0f} {figures['epoch_seconds']:>8.1f} "
+                f"{figures['test_accuracy']:>9.2%} {figures['ratio_to_classic']:>9.1f}x"
+            )
         results["models"][model_name] = loops
     write_results(results, args.out)
 

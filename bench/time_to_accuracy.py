@@ -36,17 +36,31 @@ def main() -> None:
     for dataset, bars in datasets.items():
         for recipe in args.recipes:
             extra = ["--epochs", str(args.lenet_epochs)] if "lenet" in recipe else []
-            runs = [run_train([*RECIPES[recipe], *extra, "--dataset", dataset, "--data-dir", args.data_dir,
-                               "--seed", str(seed)], watch=bars) for seed in range(args.repeats)]  # fmt: skip
+            runs = [
+                run_train(
+                    [*RECIPES[recipe], *extra, "--dataset", dataset, "--data-dir", args.data_dir, "--seed", str(seed)],
+                    watch=bars,
+                )
+                for seed in range(args.repeats)
+            ]
             for bar in bars:
                 times = [run["reached"].get(bar) for run in runs]
                 reached = [t for t in times if t is not None]
-                entry = {"dataset": dataset, "recipe": recipe, "accuracy": bar, "seconds": times,
-                         "median_seconds": statistics.median(reached) if len(reached) == len(runs) else None,
-                         "final_accuracies": [run["rows"][-1]["eval_accuracy"] for run in runs],
-                         "total_wall_seconds": [run["wall_seconds"] for run in runs]}  # fmt: skip
+                entry = {
+                    "dataset": dataset,
+                    "recipe": recipe,
+                    "accuracy": bar,
+                    "seconds": times,
+                    "median_seconds": statistics.median(reached) if len(reached) == len(runs) else None,
+                    "final_accuracies": [run["rows"][-1]["eval_accuracy"] for run in runs],
+                    "total_wall_seconds": [run["wall_seconds"] for run in runs],
+                }
                 results["runs"].append(entry)
-                shown = f"{entry['median_seconds']:.1f} s" if entry["median_seconds"] is not None else f"not reached by all ({times})"
+                shown = (
+                    f"{entry['median_seconds']:.1f} s"
+                    if entry["median_seconds"] is not None
+                    else f"not reached by all ({times})"
+                )
                 print(f"{dataset:<14} {recipe:<36} {bar:.0%}: {shown}   final {entry['final_accuracies']}")
     write_results(results, args.out)
 

@@ -83,10 +83,14 @@ def load_data(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"refusing to load {path}: it holds more than tensors and plain data ({first_line}). "
-                        "Use a checkpoint this program wrote, or --resume none.") from None  # fmt: skip
+        raise UserError(
+            f"refusing to load {path}: it holds more than tensors and plain data ({first_line}). "
+            "Use a checkpoint this program wrote, or --resume none."
+        ) from None
     except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"checkpoint file {path} is unreadable ({error}); delete that checkpoint or pass --resume none.") from None
+        raise UserError(
+            f"checkpoint file {path} is unreadable ({error}); delete that checkpoint or pass --resume none."
+        ) from None
 
 
 class Checkpointer:
@@ -125,9 +129,13 @@ class Checkpointer:
                 if accelerator.is_main_process:
                     save_model(module, self.config, partial / "model.safetensors")
                     scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
-                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                               partial / "training.pt")  # fmt: skip
-                    (partial / "state.json").write_text(json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2))
+                    torch.save(
+                        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
+                        partial / "training.pt",
+                    )
+                    (partial / "state.json").write_text(
+                        json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
+                    )
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
             failure = f"{type(error).__name__}: {error}"
         failures = gather_object([failure])
@@ -135,8 +143,10 @@ class Checkpointer:
             if accelerator.is_main_process:
                 shutil.rmtree(partial, ignore_errors=True)
             reason = next(f for f in failures if f)
-            raise UserError(f"writing checkpoint {final} failed ({reason}); the previous checkpoints are intact. "
-                            "Free space or fix permissions under --run-dir, then resume.")  # fmt: skip
+            raise UserError(
+                f"writing checkpoint {final} failed ({reason}); the previous checkpoints are intact. "
+                "Free space or fix permissions under --run-dir, then resume."
+            )
         if accelerator.is_main_process:
             (partial / COMPLETE).write_text("")
             shutil.rmtree(final, ignore_errors=True)
@@ -172,8 +182,10 @@ class Checkpointer:
         if newest is not None:
             return newest
         if not (path / COMPLETE).is_file():
-            raise UserError(f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
-                            "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder.")  # fmt: skip
+            raise UserError(
+                f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
+                "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder."
+            )
         return path
 
     def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:
@@ -183,31 +195,43 @@ class Checkpointer:
             config = saved.pop("config")
             state = TrainingState(**saved)
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise UserError(f"checkpoint {path} has no valid state.json ({error}); delete it or pass --resume none.") from None
+            raise UserError(
+                f"checkpoint {path} has no valid state.json ({error}); delete it or pass --resume none."
+            ) from None
         for key in MUST_MATCH:
             if config.get(key) != getattr(self.config, key):
-                raise UserError(f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
-                                f"{getattr(self.config, key)!r}: use the same options, another --run-dir, or --resume none.")  # fmt: skip
+                raise UserError(
+                    f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
+                    f"{getattr(self.config, key)!r}: use the same options, another --run-dir, or --resume none."
+                )
         if self.config.schedule in ("onecycle", "cosine"):  # their shape is planned for the run's total steps
             for key in ("epochs", "max_steps", "schedule"):
                 if config.get(key) != getattr(self.config, key):
-                    raise UserError(f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
-                                    f"{getattr(self.config, key)!r}; the {self.config.schedule} schedule cannot be "
-                                    "stretched: keep the options, or use another --run-dir or --resume none.")  # fmt: skip
+                    raise UserError(
+                        f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
+                        f"{getattr(self.config, key)!r}; the {self.config.schedule} schedule cannot be "
+                        "stretched: keep the options, or use another --run-dir or --resume none."
+                    )
         if state.world_size != self.accelerator.num_processes:
-            raise UserError(f"checkpoint {path} was written by {state.world_size} processes, this run has "
-                            f"{self.accelerator.num_processes}: resume with the same number for an exact continuation.")  # fmt: skip
+            raise UserError(
+                f"checkpoint {path} was written by {state.world_size} processes, this run has "
+                f"{self.accelerator.num_processes}: resume with the same number for an exact continuation."
+            )
         try:
             weights = load_file(str(path / "model.safetensors"))
             module.load_state_dict(weights)
         except (SafetensorError, OSError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0]
-            raise UserError(f"cannot load the weights in {path}/model.safetensors ({first_line}); "
-                            "delete that checkpoint or pass --resume none.") from None  # fmt: skip
+            raise UserError(
+                f"cannot load the weights in {path}/model.safetensors ({first_line}); "
+                "delete that checkpoint or pass --resume none."
+            ) from None
         training = load_data(path / "training.pt")
         rank_state = load_data(path / f"rank-{self.accelerator.process_index}.pt")
         # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
-        kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
+        kernels = [
+            {key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups
+        ]
         try:
             optimizer.load_state_dict(training["optimizer"])
             for group, keep in zip(optimizer.param_groups, kernels):
@@ -217,6 +241,8 @@ class Checkpointer:
                 self.accelerator.scaler.load_state_dict(training["scaler"])
             set_rng_states(rank_state.pop("rng"))
         except (KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise UserError(f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
-                            "delete that checkpoint or pass --resume none.") from None  # fmt: skip
+            raise UserError(
+                f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
+                "delete that checkpoint or pass --resume none."
+            ) from None
         return state, rank_state

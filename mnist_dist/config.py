@@ -5,9 +5,9 @@ config errors answer at once.
 """
 
 import argparse
-import math
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ class Config:
     # --- model and optimization ---
     model: str = option("cnn", "model name: " + ", ".join(MODELS))
     epochs: int = option(3, "passes over the training set")
-    batch_size: int = option(256, "images per optimizer step per process (global batch = this x processes x grad accum)")
+    batch_size: int = option(
+        256, "images per optimizer step per process (global batch = this x processes x grad accum)"
+    )
     eval_batch_size: int = option(1000, "images per evaluation batch per process")
     lr: float = option(0.2, "learning rate (peak learning rate for onecycle)")
     optimizer: str = option("sgd", "optimizer: " + ", ".join(OPTIMIZERS))
@@ -73,26 +75,43 @@ class Config:
     checkpoint_every: int = option(0, "optimizer steps between checkpoints; 0: only at epoch ends")
     checkpoint_epochs: bool = option(True, "write a checkpoint at the end of every epoch")
     keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by eval accuracy is kept too)")
-    resume: str = option("auto", "auto (the run dir's newest complete checkpoint, if any), none, or a checkpoint folder")
+    resume: str = option(
+        "auto", "auto (the run dir's newest complete checkpoint, if any), none, or a checkpoint folder"
+    )
     # --- runtime ---
-    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16")
+    mixed_precision: str = option(
+        "auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16"
+    )
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
-    dry_run: bool = option(False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off")
-    channels_last: bool = option(True, "conv models: NHWC memory layout (measured 1.1-1.3x faster for lenet and cnn on 2 CPU cores; docs/BENCHMARKS.md)")
+    dry_run: bool = option(
+        False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off"
+    )
+    channels_last: bool = option(
+        True,
+        "conv models: NHWC memory layout (1.1-1.3x faster for lenet and cnn on 2 CPU cores; docs/BENCHMARKS.md)",
+    )
     compile: bool = option(False, "torch.compile the model (measured slower on small CPUs; try it on GPUs)")
-    loader: str = option("auto", "resident (the split on the device, batches by one gather), dataloader, or auto (resident when it fits)")
-    num_workers: int = option(0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)")
+    loader: str = option(
+        "auto", "resident (the split on the device, batches by one gather), dataloader, or auto (resident when it fits)"
+    )
+    num_workers: int = option(
+        0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)"
+    )
     log_every: int = option(50, "optimizer steps between progress lines and step metrics")
     run_name: str = option("", "name of the run (default: <model>-<dataset>-<date>-<time>)")
     run_dir: str = option("", "where config.yaml, metrics.jsonl and the model go (default: runs/<run name>)")
-    wandb: str = option("auto", "Weights & Biases: online, offline, disabled, or auto (online with an API key, else offline)")
+    wandb: str = option(
+        "auto", "Weights & Biases: online, offline, disabled, or auto (online with an API key, else offline)"
+    )
     wandb_project: str = option("mnist-dist", "W&B project (WANDB_PROJECT, when set, replaces this default)")
     wandb_entity: str = option("", "W&B entity (team or user); default: WANDB_ENTITY, else your default entity")
     wandb_group: str = option("", "W&B run group, to compare runs side by side; default: WANDB_RUN_GROUP, else none")
     wandb_tags: str = option("", "W&B tags, comma-separated (a,b); default: WANDB_TAGS, else none")
     wandb_notes: str = option("", "W&B notes: a line about the run; default: WANDB_NOTES, else none")
-    wandb_eval: str = option("train", "where evaluate.py logs to W&B: train (into this training's run) or new (a run with job_type=eval)")
+    wandb_eval: str = option(
+        "train", "where evaluate.py logs to W&B: train (into this training's run) or new (a run with job_type=eval)"
+    )
 
     def __post_init__(self) -> None:
         for name, spec in FIELDS.items():
@@ -104,14 +123,29 @@ class Config:
                 close = difflib.get_close_matches(str(value), valid, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"unknown {name} '{value}'.{hint} Valid: {', '.join(valid)}.")
-        positive = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs", "keep_checkpoints")
+        positive = (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "grad_accum_steps",
+            "log_every",
+            "lr_step_epochs",
+            "keep_checkpoints",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ConfigError(f"lr must be greater than 0, got {self.lr}.")
-        for name in ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers",
-                     "checkpoint_every"):
+        for name in (
+            "momentum",
+            "weight_decay",
+            "max_grad_norm",
+            "max_steps",
+            "early_stopping_patience",
+            "num_workers",
+            "checkpoint_every",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         if not 0 <= self.label_smoothing < 1:

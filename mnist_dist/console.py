@@ -40,11 +40,17 @@ class Reporter:
         self.steps = steps
         if self.enabled and self.live:
             self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                console=self.console, transient=True,
-            )  # fmt: skip
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} samples/s"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.task = self.progress.add_task(self.epoch_label, total=steps, completed=completed, loss="-", speed="-")
             self.progress.start()
 
@@ -70,10 +76,14 @@ class Reporter:
         if not self.enabled:
             return
         cells = (
-            f"{row['epoch']}", f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.2%}",
-            f"{row['eval_loss']:.4f}", f"{row['eval_accuracy']:.2%}",
-            f"{row['epoch_seconds']:.1f}", f"{row['samples_per_second']:,.0f}",
-        )  # fmt: skip
+            f"{row['epoch']}",
+            f"{row['train_loss']:.4f}",
+            f"{row['train_accuracy']:.2%}",
+            f"{row['eval_loss']:.4f}",
+            f"{row['eval_accuracy']:.2%}",
+            f"{row['epoch_seconds']:.1f}",
+            f"{row['samples_per_second']:,.0f}",
+        )
         widths = [len(name) for name in EPOCH_COLUMNS]  # the header names are the widest cells but one
         widths[-1] = 10
         if not self.epoch_rows:

@@ -83,11 +83,12 @@ def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Ten
     """A DDP communication hook for gloo: gather every rank's gradients, sum them in rank order, average.
 
     A ring all_reduce takes twice the message rounds of a ring all_gather (reduce-scatter, then
-    all-gather), and on small CPU models the rounds' latency more than the bytes sets the cost: with 2 processes here, bench/allreduce.py measured
-    all_reduce at 1.2-2.1x the time of an all_gather of the same gradients (LeNet: 3.2 against 1.5 ms,
-    on a step of 5-7 ms). Every rank adds the same tensors in the same order, so all ranks step with
-    identical gradients. An all_gather moves world_size / 2 times the bytes of an all_reduce: fine
-    for these models' 0.1-0.6 MB of gradients, not for large models over a real network.
+    all-gather), and on small CPU models the rounds' latency more than the bytes sets the cost: with 2
+    processes here, bench/allreduce.py measured all_reduce at 1.2-2.1x the time of an all_gather of the
+    same gradients (LeNet: 3.2 against 1.5 ms, on a step of 5-7 ms). Every rank adds the same tensors
+    in the same order, so all ranks step with identical gradients. An all_gather moves world_size / 2
+    times the bytes of an all_reduce: fine for these models' 0.1-0.6 MB of gradients, not for large
+    models over a real network.
     """
     group = process_group or torch.distributed.group.WORLD
     flat = bucket.buffer()

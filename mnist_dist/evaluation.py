@@ -36,7 +36,11 @@ def evaluate(model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, ac
         correct_counts.append((logits.argmax(dim=1) == labels).sum())
         counts.append(len(labels))
     # One host sync for the whole split: (batch number, loss sum, correct, count) per batch.
-    totals = torch.stack([torch.stack(loss_sums).double(), torch.stack(correct_counts).double()]).tolist() if counts else [[], []]
+    totals = (
+        torch.stack([torch.stack(loss_sums).double(), torch.stack(correct_counts).double()]).tolist()
+        if counts
+        else [[], []]
+    )
     rows = list(zip(shard.batch_numbers, *totals, counts))
     rows = gather_object(rows)  # unchanged in a single process
     rows.sort()
@@ -70,7 +74,9 @@ class SplitPredictions:
 
 
 @torch.inference_mode()
-def predict_split(model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, accelerator: Accelerator) -> SplitPredictions:
+def predict_split(
+    model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, accelerator: Accelerator
+) -> SplitPredictions:
     """Like evaluate(), but every rank ends with the per-sample results of the whole split.
 
     Each rank keeps (batch number, loss sum, labels, predictions, probabilities) per batch; the

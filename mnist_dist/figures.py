@@ -72,7 +72,9 @@ def confusion_matrix(confusion: list[list[int]], class_names: list[str], out_dir
     return save(figure, out_dir, "confusion_matrix.png")
 
 
-def misclassified(images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 4, columns: int = 6) -> Path:
+def misclassified(
+    images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 4, columns: int = 6
+) -> Path:
     """The most confident mistakes: wrong predictions ordered by the probability the model gave them."""
     figure = new_figure("misclassified.png")
     wrong = (predictions.predicted != predictions.labels).nonzero().squeeze(1)
@@ -91,7 +93,9 @@ def misclassified(images: torch.Tensor, predictions, class_names: list[str], out
     return save(figure, out_dir, "misclassified.png")
 
 
-def samples(images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 5, columns: int = 8) -> Path:
+def samples(
+    images: torch.Tensor, predictions, class_names: list[str], out_dir: Path, rows: int = 5, columns: int = 8
+) -> Path:
     """The split's first images with the predicted class: green when right, red (with the truth) when wrong."""
     figure = new_figure("samples.png")
     for index in range(min(rows * columns, len(images))):
@@ -154,8 +158,13 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
     x = [row["epoch"] for row in epochs]
     steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
     if steps:
-        loss_axes.plot([row["step"] / steps_per_epoch for row in steps], [row["loss"] for row in steps],
-                       color="#1f77b4", alpha=0.3, label="train (logged steps)")  # fmt: skip
+        loss_axes.plot(
+            [row["step"] / steps_per_epoch for row in steps],
+            [row["loss"] for row in steps],
+            color="#1f77b4",
+            alpha=0.3,
+            label="train (logged steps)",
+        )
     smoothing = f" (label smoothing {label_smoothing})" if label_smoothing else ""
     loss_axes.plot(x, [row["train_loss"] for row in epochs], "o-", color="#1f77b4", label="train" + smoothing)
     loss_axes.plot(x, [row["eval_loss"] for row in epochs], "s-", color="#ff7f0e", label="eval")
@@ -170,7 +179,9 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
     return save(figure, out_dir, "curves.png")
 
 
-def draw_all(images: torch.Tensor, predictions, metrics: dict, metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> list[str]:
+def draw_all(
+    images: torch.Tensor, predictions, metrics: dict, metrics_log: Path | None, label_smoothing: float, out_dir: Path
+) -> list[str]:
     """Every figure of the report; returns their file names in reading order."""
     names = metrics["class_names"]
     paths = [

@@ -61,8 +61,9 @@ def load_run(checkpoint: str) -> TrainedRun:
             state = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable safetensors file ({reason}); "
-                              "train again or pass an intact model.safetensors") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({reason}); train again or pass an intact model.safetensors"
+        ) from None
     return TrainedRun(read_config(path, metadata), path, state)
 
 
@@ -70,7 +71,9 @@ def find_weights(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file"
+        )
     if (path / WEIGHTS_FILE).is_file():
         return path / WEIGHTS_FILE
     saved = newest_checkpoint(path)  # a run stopped before its final save
@@ -90,8 +93,10 @@ def read_config(weights_path: Path, metadata: dict[str, str]) -> Config:
     else:
         found = nearest(weights_path, "config.yaml")
         if found is None:
-            raise CheckpointError(f"{weights_path} carries no config and there is no config.yaml beside it; "
-                                  "put the run's config.yaml next to the weights")  # fmt: skip
+            raise CheckpointError(
+                f"{weights_path} carries no config and there is no config.yaml beside it; "
+                "put the run's config.yaml next to the weights"
+            )
         values, source = read_yaml(found), str(found)
     # Options added after the run was trained take their defaults; options since removed are ignored.
     known = {key: value for key, value in values.items() if key in FIELDS}
@@ -106,7 +111,9 @@ def read_yaml(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise CheckpointError(f"cannot read the run's config {path} ({type(error).__name__}); restore it from the run") from None
+        raise CheckpointError(
+            f"cannot read the run's config {path} ({type(error).__name__}); restore it from the run"
+        ) from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} is not a config (a mapping of option: value); restore it from the run")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
@@ -120,9 +127,11 @@ def check_dataset_fits(run: TrainedRun, dataset: str) -> DatasetInfo:
     """The info of `dataset`, or a CheckpointError when its images or classes do not fit the model."""
     trained, wanted = run.info, INFO[dataset]
     if shape(trained) != shape(wanted):
-        raise CheckpointError(f"the {run.config.model} in {run.weights_path} was trained on {trained.name} "
-                              f"({shape(trained)}) and cannot classify {dataset} ({shape(wanted)}); "
-                              f"pass --dataset {trained.name} or a checkpoint trained on {dataset}")  # fmt: skip
+        raise CheckpointError(
+            f"the {run.config.model} in {run.weights_path} was trained on {trained.name} "
+            f"({shape(trained)}) and cannot classify {dataset} ({shape(wanted)}); "
+            f"pass --dataset {trained.name} or a checkpoint trained on {dataset}"
+        )
     return wanted
 
 
@@ -136,12 +145,19 @@ def build_trained_model(run: TrainedRun) -> torch.nn.Module:
         missing = sorted(set(expected) - set(found))
         unexpected = sorted(set(found) - set(expected))
         resized = sorted(name for name in set(expected) & set(found) if expected[name].shape != found[name].shape)
-        detail = (f"{len(missing)} missing tensors (e.g. {missing[0]})" if missing
-                  else f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})" if unexpected
-                  else f"tensor {resized[0]} is {tuple(found[resized[0]].shape)}, expected "
-                       f"{tuple(expected[resized[0]].shape)}" if resized
-                  else str(error).splitlines()[0])  # fmt: skip
-        raise CheckpointError(f"the weights in {run.weights_path} are not a {run.config.model} for "
-                              f"{run.config.dataset}: {detail}; they belong to another architecture or "
-                              "dataset, so pass the config.yaml they were trained with") from None  # fmt: skip
+        detail = (
+            f"{len(missing)} missing tensors (e.g. {missing[0]})"
+            if missing
+            else f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
+            if unexpected
+            else f"tensor {resized[0]} is {tuple(found[resized[0]].shape)}, expected "
+            f"{tuple(expected[resized[0]].shape)}"
+            if resized
+            else str(error).splitlines()[0]
+        )
+        raise CheckpointError(
+            f"the weights in {run.weights_path} are not a {run.config.model} for "
+            f"{run.config.dataset}: {detail}; they belong to another architecture or "
+            "dataset, so pass the config.yaml they were trained with"
+        ) from None
     return model.eval()

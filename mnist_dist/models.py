@@ -50,13 +50,19 @@ def lenet(info: DatasetInfo) -> nn.Module:
     height, width = (info.height - 4) // 2, (info.width - 4) // 2
     height, width = (height - 4) // 2, (width - 4) // 2
     return nn.Sequential(
-        nn.Conv2d(info.channels, 6, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 12, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(info.channels, 6, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 12, kernel_size=5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(12 * height * width, 120), nn.ReLU(),
-        nn.Linear(120, 60), nn.ReLU(),
+        nn.Linear(12 * height * width, 120),
+        nn.ReLU(),
+        nn.Linear(120, 60),
+        nn.ReLU(),
         nn.Linear(60, info.num_classes),
-    )  # fmt: skip
+    )
 
 
 def cnn(info: DatasetInfo) -> nn.Module:
@@ -74,11 +80,15 @@ def cnn(info: DatasetInfo) -> nn.Module:
     for _ in range(3):
         height, width = (height + 1) // 2, (width + 1) // 2
     return nn.Sequential(
-        *stage(info.channels, 16), *stage(16, 32), *stage(32, 64),
+        *stage(info.channels, 16),
+        *stage(16, 32),
+        *stage(32, 64),
         nn.Flatten(),  # (N, 64, 4, 4) -> (N, 1024)
-        nn.Linear(64 * height * width, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(),
+        nn.Linear(64 * height * width, 128, bias=False),
+        nn.BatchNorm1d(128),
+        nn.ReLU(),
         nn.Linear(128, info.num_classes),
-    )  # fmt: skip
+    )
 
 
 MODELS: dict[str, Callable[[DatasetInfo], nn.Module]] = {

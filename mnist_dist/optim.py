@@ -6,7 +6,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, O
 from mnist_dist.config import Config
 
 
-def build_optimizer(config: Config, model: torch.nn.Module, device: torch.device, mixed_precision: str) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: Config, model: torch.nn.Module, device: torch.device, mixed_precision: str
+) -> torch.optim.Optimizer:
     params = model.parameters()
     # Fused kernels update every parameter in one pass instead of several ops per tensor: on CUDA
     # fewer launches, on the CPU fewer trips through memory (bench/model_step.py: the MLP's whole
@@ -24,7 +26,9 @@ def build_optimizer(config: Config, model: torch.nn.Module, device: torch.device
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **speed)
 
 
-def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> LRScheduler:
+def build_scheduler(
+    config: Config, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int
+) -> LRScheduler:
     if config.schedule == "cosine":
         return CosineAnnealingLR(optimizer, T_max=total_steps)
     if config.schedule == "onecycle":

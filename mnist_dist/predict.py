@@ -123,8 +123,10 @@ def classify(run: TrainedRun, paths: list[str], as_json: bool) -> int:
             continue
         probabilities = model(normalize(image.unsqueeze(0))).float().softmax(dim=1)[0]
         top = probabilities.topk(min(TOP, len(probabilities)))
-        ranked = [{"class": info.class_names[i], "index": i, "probability": p}
-                  for p, i in zip(top.values.tolist(), top.indices.tolist())]  # fmt: skip
+        ranked = [
+            {"class": info.class_names[i], "index": i, "probability": p}
+            for p, i in zip(top.values.tolist(), top.indices.tolist())
+        ]
         results.append({"file": str(path), "predictions": ranked})
         if not as_json:
             print(f"{path}: " + ", ".join(f"{row['class']} {row['probability']:.1%}" for row in ranked))

@@ -56,8 +56,10 @@ def top_confused_pairs(confusion: torch.Tensor, class_names: tuple[str, ...], li
     """The most frequent mistakes, (true, predicted, count), most frequent first, ties by class index."""
     size = len(class_names)
     pairs = [(-int(confusion[t, p]), t, p) for t in range(size) for p in range(size) if t != p and confusion[t, p] > 0]
-    return [{"true": class_names[t], "predicted": class_names[p], "count": -negative}
-            for negative, t, p in sorted(pairs)[:limit]]  # fmt: skip
+    return [
+        {"true": class_names[t], "predicted": class_names[p], "count": -negative}
+        for negative, t, p in sorted(pairs)[:limit]
+    ]
 
 
 def build_metrics(predictions, class_names: tuple[str, ...], about: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +85,9 @@ def build_metrics(predictions, class_names: tuple[str, ...], about: dict[str, An
 
 def print_report(metrics: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
-    overview = Table(title=f"evaluation of {metrics['model']} on {metrics['dataset']} ({metrics['split']})", show_header=False)
+    overview = Table(
+        title=f"evaluation of {metrics['model']} on {metrics['dataset']} ({metrics['split']})", show_header=False
+    )
     overview.add_column("", style="bold")
     overview.add_column("", justify="right")
     overview.add_row("accuracy", f"{metrics['accuracy']:.2%} ({metrics['correct']:,} of {metrics['samples']:,})")
@@ -92,10 +96,18 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
     console.print(overview)
 
     classes = Table(title="per class", header_style="bold")
-    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"), ("support", "right")):
+    for name, justify in (
+        ("class", "left"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+        ("support", "right"),
+    ):
         classes.add_column(name, justify=justify)
     for row in metrics["per_class"]:
-        classes.add_row(row["name"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}")
+        classes.add_row(
+            row["name"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}"
+        )
     console.print(classes)
 
     names = metrics["class_names"]
@@ -104,7 +116,10 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
     for index in range(len(names)):
         confusion.add_column(str(index), justify="right")
     for index, (name, counts) in enumerate(zip(names, metrics["confusion_matrix"])):
-        cells = [f"[bold green]{n}[/]" if column == index else (f"[red]{n}[/]" if n else "[dim]0[/]") for column, n in enumerate(counts)]
+        cells = [
+            f"[bold green]{n}[/]" if column == index else (f"[red]{n}[/]" if n else "[dim]0[/]")
+            for column, n in enumerate(counts)
+        ]
         confusion.add_row(f"{index} {name}", *cells)
     console.print(confusion)
 
@@ -129,7 +144,9 @@ def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run
         names = figures.draw_all(images, predictions, metrics, run.metrics_log, run.config.label_smoothing, out_dir)
         write_markdown(metrics, run.config.to_dict(), names, out_dir)
     except OSError as error:
-        raise UserError(f"cannot write the report to {out_dir} ({error.strerror or error}): pass a writable --out") from None
+        raise UserError(
+            f"cannot write the report to {out_dir} ({error.strerror or error}): pass a writable --out"
+        ) from None
     return ["report.md", "metrics.json", *names]
 
 
@@ -149,8 +166,10 @@ def write_markdown(metrics: dict[str, Any], config: dict[str, Any], figure_names
         "",
         "| class | precision | recall | F1 | support |",
         "| --- | ---: | ---: | ---: | ---: |",
-        *(f"| {row['name']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
-          for row in metrics["per_class"]),  # fmt: skip
+        *(
+            f"| {row['name']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
+            for row in metrics["per_class"]
+        ),
         "",
         "## Most confused pairs",
         "",

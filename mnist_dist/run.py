@@ -30,7 +30,9 @@ def prepare_run_dir(config: Config, accelerator: Accelerator) -> Path | None:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(config, run_dir / "config.yaml")
         except OSError as error:
-            raise UserError(f"cannot write the run directory {run_dir} ({error.strerror}): pass a writable --run-dir.") from None
+            raise UserError(
+                f"cannot write the run directory {run_dir} ({error.strerror}): pass a writable --run-dir."
+            ) from None
     return run_dir
 
 

@@ -30,8 +30,16 @@ def drop_rows_after(path: Path, step: int) -> None:
 
 
 class Tracker:
-    def __init__(self, config: Config, run_dir: Path | None, enabled: bool, facts: dict[str, Any], say,
-                 resumed_run_id: str | None = None, resumed_step: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path | None,
+        enabled: bool,
+        facts: dict[str, Any],
+        say,
+        resumed_run_id: str | None = None,
+        resumed_step: int | None = None,
+    ):
         """`enabled` is the main-process flag; `run_dir` None writes no files (dry run).
         `resumed_run_id`, `resumed_step`: the W&B run and step of the checkpoint this job resumed from."""
         self.config = config
@@ -68,13 +76,17 @@ class Tracker:
 
     def summarize(self, values: dict[str, Any]) -> None:
         if self.wandb is not None:
-            throughput = {"samples_per_second": self.trained_samples / self.trained_seconds} if self.trained_seconds else {}
+            throughput = (
+                {"samples_per_second": self.trained_samples / self.trained_seconds} if self.trained_seconds else {}
+            )
             self.wandb.summarize({**values, **throughput})
 
     def log_results(self, model, test_set, normalize, class_names, step: int) -> None:
         """End of training: confusion matrix, predictions table, figures and the model artifact (W&B only)."""
         if self.wandb is not None and self.run_dir is not None:
-            self.wandb.log_results(model, test_set, normalize, class_names, self.run_dir / "model.safetensors", self.config, step)
+            self.wandb.log_results(
+                model, test_set, normalize, class_names, self.run_dir / "model.safetensors", self.config, step
+            )
 
     def close(self) -> None:
         if self.metrics_file is not None:

@@ -96,8 +96,15 @@ class Trainer:
             self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
             self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
         self.reporter.show_config(config.to_dict(), facts)
-        self.tracker = Tracker(config, run_dir, self.is_main, facts, self.reporter.print, resumed_run_id=self.state.wandb_run_id,
-                               resumed_step=self.state.step if resume_from is not None else None)  # fmt: skip
+        self.tracker = Tracker(
+            config,
+            run_dir,
+            self.is_main,
+            facts,
+            self.reporter.print,
+            resumed_run_id=self.state.wandb_run_id,
+            resumed_step=self.state.step if resume_from is not None else None,
+        )
 
     def zero_sums(self) -> dict[str, torch.Tensor]:
         return {
@@ -143,13 +150,17 @@ class Trainer:
         # The epoch's sums stay on the device; they are read (a host sync) only at log intervals.
         logged_loss, interval_samples, interval_start = self.epoch_sums["loss"].item(), 0, time.perf_counter()
         epoch_start = time.perf_counter()
-        for step_in_epoch, group in enumerate(accumulation_groups(loader, self.config.grad_accum_steps), steps_done + 1):
+        for step_in_epoch, group in enumerate(
+            accumulation_groups(loader, self.config.grad_accum_steps), steps_done + 1
+        ):
             interval_samples += self.train_step(group)
             self.state.batches_done += len(group)
             self.reporter.advance()
             if self.state.step % self.config.log_every == 0:
                 loss_sum, elapsed = self.epoch_sums["loss"].item(), time.perf_counter() - interval_start
-                self.log_step(epoch, step_in_epoch, (loss_sum - logged_loss) / interval_samples, interval_samples / elapsed)
+                self.log_step(
+                    epoch, step_in_epoch, (loss_sum - logged_loss) / interval_samples, interval_samples / elapsed
+                )
                 logged_loss, interval_samples, interval_start = loss_sum, 0, time.perf_counter()
             due = self.checkpointer.due_at_step(self.state.step)
             if self.state.step % CHECK_EVERY == 0 or due:
@@ -164,8 +175,12 @@ class Trainer:
         # Sum over ranks so that the epoch's train loss and accuracy cover every rank's samples.
         totals = torch.stack([value.double() for value in self.epoch_sums.values()])
         loss_total, correct_total, samples_total = self.accelerator.reduce(totals, reduction="sum").tolist()
-        return {"loss": loss_total / samples_total, "accuracy": correct_total / samples_total, "seconds": seconds,
-                "samples": int(samples_total)}  # fmt: skip
+        return {
+            "loss": loss_total / samples_total,
+            "accuracy": correct_total / samples_total,
+            "seconds": seconds,
+            "samples": int(samples_total),
+        }
 
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Forward and backward each batch of the group, then one optimizer step.
@@ -201,24 +216,37 @@ class Trainer:
     def check_health(self) -> None:
         """All ranks agree: stop on a NaN/inf loss (no checkpoint), or checkpoint and stop on a signal."""
         nonfinite = ~torch.isfinite(self.epoch_sums["loss"])  # NaN and inf stay in a sum of non-negative losses
-        flags = torch.stack([nonfinite.double(), torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64)])
+        flags = torch.stack(
+            [
+                nonfinite.double(),
+                torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64),
+            ]
+        )
         nonfinite, stop = (value > 0 for value in self.accelerator.reduce(flags, reduction="sum").tolist())
         if nonfinite:
             last = self.checkpointer.complete_checkpoints()
             kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
-            raise Diverged(f"the training loss became NaN or infinite by step {self.state.step}; {kept}. "
-                           "Lower --lr, or set --max-grad-norm.")  # fmt: skip
+            raise Diverged(
+                f"the training loss became NaN or infinite by step {self.state.step}; {kept}. "
+                "Lower --lr, or set --max-grad-norm."
+            )
         if stop:
             where = self.save_checkpoint() if self.checkpointer.folder is not None else None
             signal_name = self.stop.signal_name or "a stop signal (on another rank)"
-            saved = f"checkpoint {where} written; run the same command again to resume" if where else "no run dir to save to"
+            saved = (
+                f"checkpoint {where} written; run the same command again to resume"
+                if where
+                else "no run dir to save to"
+            )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
 
     def save_checkpoint(self) -> Path:
         # Ranks hold identical weights, so each reaches the same verdict without a collective.
         if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():  # one host sync
-            raise Diverged(f"the weights became NaN or infinite by step {self.state.step}; "
-                           "no checkpoint was written for it. Lower --lr, or set --max-grad-norm.")  # fmt: skip
+            raise Diverged(
+                f"the weights became NaN or infinite by step {self.state.step}; "
+                "no checkpoint was written for it. Lower --lr, or set --max-grad-norm."
+            )
         rank_state = {"epoch_sums": {key: value.cpu() for key, value in self.epoch_sums.items()}}
         self.state.wandb_run_id = self.tracker.run_id
         return self.checkpointer.save(self.state, self.module, self.optimizer, self.scheduler, rank_state)
@@ -265,7 +293,11 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         samples_per_second = local_samples_per_second * self.accelerator.num_processes
         self.reporter.log_step(step_in_epoch, loss, lr, samples_per_second)
-        self.tracker.log("step", self.state.step, {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second})
+        self.tracker.log(
+            "step",
+            self.state.step,
+            {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second},
+        )
 
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
         """Save the final model, print the summary, write summary.json."""
@@ -283,15 +315,17 @@ class Trainer:
             "seconds": seconds,
             **self.facts,
         }
-        self.reporter.summary({
-            "final eval accuracy": f"{evaluation.accuracy:.2%}",
-            "best eval accuracy": f"{state.best_accuracy:.2%}",
-            "final eval loss": f"{evaluation.loss:.4f}",
-            "epochs": state.epoch,
-            "optimizer steps": state.step,
-            "seconds": seconds,
-            "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
-        })  # fmt: skip
+        self.reporter.summary(
+            {
+                "final eval accuracy": f"{evaluation.accuracy:.2%}",
+                "best eval accuracy": f"{state.best_accuracy:.2%}",
+                "final eval loss": f"{evaluation.loss:.4f}",
+                "epochs": state.epoch,
+                "optimizer steps": state.step,
+                "seconds": seconds,
+                "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
+            }
+        )
         self.tracker.summarize(results)
         if self.is_main and self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")

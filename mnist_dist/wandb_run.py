@@ -77,10 +77,15 @@ def git_state() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
     except (OSError, ValueError, subprocess.SubprocessError):
         return {}
 
@@ -159,8 +164,11 @@ def run_arguments(config: Config, folder: Path | None, run_id: str) -> dict[str,
 def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
     """wandb.init with bounded waits. Online trouble falls back to offline with the same run id
     (so `wandb sync` can upload it later); returns the run, or None after one line saying why."""
-    limits = (("init_timeout", "WANDB_INIT_TIMEOUT", INIT_TIMEOUT), ("login_timeout", "WANDB_LOGIN_TIMEOUT", LOGIN_TIMEOUT),
-              ("finish_timeout", "WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT))  # fmt: skip
+    limits = (
+        ("init_timeout", "WANDB_INIT_TIMEOUT", INIT_TIMEOUT),
+        ("login_timeout", "WANDB_LOGIN_TIMEOUT", LOGIN_TIMEOUT),
+        ("finish_timeout", "WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT),
+    )
     settings = {name: value for name, variable, value in limits if variable not in os.environ}
     failure = None
     for attempt in [mode, "offline"] if mode == "online" else [mode]:
@@ -193,15 +201,19 @@ def predict(model: torch.nn.Module, images: torch.Tensor, normalize: Normalizer,
     was_training = model.training
     model.eval()
     try:
-        batches = [model(normalize(images[start : start + batch_size].to(device))).float().softmax(dim=1).cpu()
-                   for start in range(0, len(images), batch_size)]  # fmt: skip
+        batches = [
+            model(normalize(images[start : start + batch_size].to(device))).float().softmax(dim=1).cpu()
+            for start in range(0, len(images), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(batches)
 
 
 def confusion_chart(wandb, labels: torch.Tensor, predicted: torch.Tensor, class_names, title: str):
-    return wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=predicted.tolist(), class_names=list(class_names), title=title)
+    return wandb.plot.confusion_matrix(
+        y_true=labels.tolist(), preds=predicted.tolist(), class_names=list(class_names), title=title
+    )
 
 
 def sample_indices(labels: torch.Tensor, predicted: torch.Tensor, rows: int = PREDICTION_ROWS) -> list[int]:
@@ -221,8 +233,13 @@ def prediction_table(wandb, images: torch.Tensor, labels: torch.Tensor, probabil
     for index in sample_indices(labels, predicted):
         image = images[index]  # uint8 (C, H, W)
         pixels = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)  # (H, W) or (H, W, C)
-        table.add_data(index, wandb.Image(pixels.numpy()), class_names[labels[index]], class_names[predicted[index]],
-                       *probabilities[index].tolist())  # fmt: skip
+        table.add_data(
+            index,
+            wandb.Image(pixels.numpy()),
+            class_names[labels[index]],
+            class_names[predicted[index]],
+            *probabilities[index].tolist(),
+        )
     return table
 
 
@@ -246,7 +263,9 @@ class WandbRun:
         self.say = say
 
     @classmethod
-    def start(cls, config: Config, run_dir: Path | None, mode: str, facts: dict, say, resumed_id: str | None) -> "WandbRun | None":
+    def start(
+        cls, config: Config, run_dir: Path | None, mode: str, facts: dict, say, resumed_id: str | None
+    ) -> "WandbRun | None":
         """The training's run: WANDB_RUN_ID, else the resumed checkpoint's run id, else a new one."""
         try:
             import wandb
@@ -256,8 +275,14 @@ class WandbRun:
         run_id = os.environ.get("WANDB_RUN_ID") or resumed_id or new_run_id()
         saved = read_state(run_dir)
         floor = int(saved.get("last_step", -1)) if saved.get("run_id") == run_id else -1
-        run = init_run(wandb, mode, say, **run_arguments(config, run_dir, run_id), job_type="train",
-                       config={**config.to_dict(), "system": run_page_facts(facts)})  # fmt: skip
+        run = init_run(
+            wandb,
+            mode,
+            say,
+            **run_arguments(config, run_dir, run_id),
+            job_type="train",
+            config={**config.to_dict(), "system": run_page_facts(facts)},
+        )
         if run is None:
             return None
         tracked = cls(wandb, run, run_dir, floor, say)
@@ -300,7 +325,9 @@ class WandbRun:
     def summarize(self, values: dict[str, Any]) -> None:
         self.attempt("writing the summary", lambda: self.run.summary.update(values))
 
-    def log_results(self, model, test_set, normalize: Normalizer, class_names, model_path: Path, config: Config, step: int) -> None:
+    def log_results(
+        self, model, test_set, normalize: Normalizer, class_names, model_path: Path, config: Config, step: int
+    ) -> None:
         """End of training: confusion matrix, predictions table and figures of the final model on
         the test set (one forward pass, this process only), then the model as an artifact."""
         if self.run is None:
@@ -311,7 +338,9 @@ class WandbRun:
             probabilities = predict(model, test_set.images, normalize, config.eval_batch_size)
             labels = test_set.labels
             row = {
-                "confusion_matrix": confusion_chart(wandb, labels, probabilities.argmax(dim=1), class_names, "confusion matrix (test set)"),
+                "confusion_matrix": confusion_chart(
+                    wandb, labels, probabilities.argmax(dim=1), class_names, "confusion matrix (test set)"
+                ),
                 "predictions": prediction_table(wandb, test_set.images, labels, probabilities, class_names),
             }
             if self.state_folder is not None:  # the figures of an earlier evaluate.py report, if any
@@ -335,9 +364,19 @@ class WandbRun:
             self.run = None
 
 
-def log_evaluation(config: Config, weights_path: Path, metrics: dict[str, Any], predictions, images: torch.Tensor,
-                   figures: list[Path], out_dir: Path, into: str | None = None, mode: str | None = None,
-                   run_id: str | None = None, say: Callable[[str], None] = print) -> None:  # fmt: skip
+def log_evaluation(
+    config: Config,
+    weights_path: Path,
+    metrics: dict[str, Any],
+    predictions,
+    images: torch.Tensor,
+    figures: list[Path],
+    out_dir: Path,
+    into: str | None = None,
+    mode: str | None = None,
+    run_id: str | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
     """evaluate.py's report to W&B: into the training's run (`run_id`, else the one recorded in the
     wandb_run.json of the weights' run directory) or into a new run with job_type=eval. Main
     process only; never raises.
@@ -364,15 +403,23 @@ def log_evaluation(config: Config, weights_path: Path, metrics: dict[str, Any], 
     if into == "train":
         known = recorded if recorded.get("run_id") == target else {}  # the recorded run's project and last step
         arguments = run_arguments(config, run_dir or out_dir, target)
-        arguments.update(project=known.get("project") or arguments["project"], entity=known.get("entity") or arguments["entity"])
+        arguments.update(
+            project=known.get("project") or arguments["project"], entity=known.get("entity") or arguments["entity"]
+        )
         for name in ("name", "group", "tags", "notes"):  # the training run has them already
             arguments.pop(name)
         state_folder, floor = (run_dir if known else None), int(known.get("last_step", -1))
     else:
-        arguments = {**run_arguments(config, run_dir or out_dir, new_run_id()), "job_type": "eval",
-                     "name": f"{config.run_name}-eval" if config.run_name else None,
-                     "config": {**config.to_dict(), "training_run_id": target,
-                                **{key: metrics.get(key) for key in ("checkpoint", "dataset", "split")}}}  # fmt: skip
+        arguments = {
+            **run_arguments(config, run_dir or out_dir, new_run_id()),
+            "job_type": "eval",
+            "name": f"{config.run_name}-eval" if config.run_name else None,
+            "config": {
+                **config.to_dict(),
+                "training_run_id": target,
+                **{key: metrics.get(key) for key in ("checkpoint", "dataset", "split")},
+            },
+        }
         state_folder, floor = None, -1  # a run of its own: steps from 0, no state file to advance
     run = init_run(wandb, mode, say, **arguments)
     if run is None:
@@ -382,10 +429,20 @@ def log_evaluation(config: Config, weights_path: Path, metrics: dict[str, Any], 
 
     def report() -> None:
         names = metrics["class_names"]
-        row = {f"{prefix}/{key}": metrics[key] for key in ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "samples")}
-        row[f"{prefix}/confusion_matrix"] = confusion_chart(wandb, predictions.labels, predictions.predicted, names,
-                                                            f"confusion matrix ({metrics['dataset']}, {metrics['split']})")  # fmt: skip
-        row[f"{prefix}/predictions"] = prediction_table(wandb, images, predictions.labels, predictions.probabilities, names)
+        row = {
+            f"{prefix}/{key}": metrics[key]
+            for key in ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "samples")
+        }
+        row[f"{prefix}/confusion_matrix"] = confusion_chart(
+            wandb,
+            predictions.labels,
+            predictions.predicted,
+            names,
+            f"confusion matrix ({metrics['dataset']}, {metrics['split']})",
+        )
+        row[f"{prefix}/predictions"] = prediction_table(
+            wandb, images, predictions.labels, predictions.probabilities, names
+        )
         row.update(figure_images(wandb, figures, f"{prefix}/figures"))
         tracked.log(row, tracked.floor + 1)
 

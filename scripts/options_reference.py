@@ -1,6 +1,6 @@
 """Print the README's configuration reference (a markdown table) from the Config dataclass.
 
-    .venv/bin/python scripts/options_reference.py
+.venv/bin/python scripts/options_reference.py
 """
 
 import sys
@@ -16,7 +16,13 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for name, spec in FIELDS.items():
         default = spec.default
-        shown = str(default).lower() if isinstance(default, bool) else repr(default) if isinstance(default, str) else str(default)
+        shown = (
+            str(default).lower()
+            if isinstance(default, bool)
+            else repr(default)
+            if isinstance(default, str)
+            else str(default)
+        )
         flag = "--" + name.replace("_", "-")
         if spec.type is bool:
             flag += " / --no-" + name.replace("_", "-")

@@ -27,18 +27,49 @@ def launch_command(script: str, processes: int, launcher: str) -> list[str]:
         assert processes == 1
         return [sys.executable, script]
     if launcher == "torchrun":
-        return [str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", str(processes),
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), script]  # fmt: skip
+        return [
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            script,
+        ]
     if launcher == "accelerate":
-        return [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "launch/accelerate/cpu.yaml"),
-                "--num_processes", str(processes), "--main_process_port", str(free_port()), script]  # fmt: skip
+        return [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(REPO / "launch/accelerate/cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(free_port()),
+            script,
+        ]
     raise ValueError(launcher)
 
 
-def run_script(script: str, args: list[str], processes: int = 1, launcher: str | None = None, env: dict | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+def run_script(
+    script: str,
+    args: list[str],
+    processes: int = 1,
+    launcher: str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     launcher = launcher or ("python" if processes == 1 else "torchrun")
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1" if processes > 1 else "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1" if processes > 1 else "2",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     environment.pop("WANDB_API_KEY", None)
     command = launch_command(script, processes, launcher) + [str(arg) for arg in args]
     return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
@@ -50,8 +81,15 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def train_into(run_dir, data_dir, *args, processes: int = 1, launcher: str | None = None, check: bool = True,
-               env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def train_into(
+    run_dir,
+    data_dir,
+    *args,
+    processes: int = 1,
+    launcher: str | None = None,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run train.py into run_dir. Fails the test with the output on a non-zero exit, unless check=False."""
     full = ["--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled", *args]
     result = run_script("train.py", full, processes, launcher, env)
@@ -66,7 +104,9 @@ def train(data_dir, tmp_path):
 
     def run(*args, processes: int = 1, launcher: str | None = None, check: bool = True, env: dict | None = None):
         run_dir = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
-        return train_into(run_dir, data_dir, *args, processes=processes, launcher=launcher, check=check, env=env), run_dir
+        return train_into(
+            run_dir, data_dir, *args, processes=processes, launcher=launcher, check=check, env=env
+        ), run_dir
 
     return run
 

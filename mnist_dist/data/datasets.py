@@ -63,5 +63,5 @@ def _as_data(name: str, arrays: tuple) -> Data:
     for split, labels in (("train", train_labels), ("test", test_labels)):
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
             raise DatasetError(f"{name}: the {split} labels run from {int(labels.min())} to {int(labels.max())}, "
-                               f"outside 0..{info.num_classes - 1}: the label file is corrupt; replace it.")  # fmt: skip
+                               f"outside 0..{info.num_classes - 1}: the label file is corrupt; replace it.")
     return Data(ImageSet(train_images, train_labels), ImageSet(test_images, test_labels), info)

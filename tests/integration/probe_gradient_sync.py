@@ -28,7 +28,10 @@ def main(out: Path) -> None:
         models[name] = model if name == "local" else torch.nn.parallel.DistributedDataParallel(model)
     configure_ddp(models["configured"])
     generator = torch.Generator().manual_seed(100 + rank)  # different batches on each rank
-    batches = [(torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)) for _ in range(2)]
+    batches = [
+        (torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+        for _ in range(2)
+    ]
     report = {}
     for name, model in models.items():
         for images, labels in batches:

@@ -26,14 +26,20 @@ def main(out: Path) -> None:
     rank, world_size = accelerator.process_index, accelerator.num_processes
     generator = torch.Generator().manual_seed(0)  # the same data on every rank
     info = INFO["mnist"]
-    train = ImageSet(torch.randint(0, 256, (TRAIN_SIZE, 1, 28, 28), dtype=torch.uint8, generator=generator),
-                     torch.randint(0, 10, (TRAIN_SIZE,), generator=generator))  # fmt: skip
-    test = ImageSet(torch.randint(0, 256, (TEST_SIZE, 1, 28, 28), dtype=torch.uint8, generator=generator),
-                    torch.randint(0, 10, (TEST_SIZE,), generator=generator))  # fmt: skip
+    train = ImageSet(
+        torch.randint(0, 256, (TRAIN_SIZE, 1, 28, 28), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 10, (TRAIN_SIZE,), generator=generator),
+    )
+    test = ImageSet(
+        torch.randint(0, 256, (TEST_SIZE, 1, 28, 28), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 10, (TEST_SIZE,), generator=generator),
+    )
     sampler = train_sampler(train, rank, world_size, seed=7)
     torch.manual_seed(0)
     model = accelerator.prepare(build_model("lenet", info))
-    result = evaluate(model, eval_shard(test, EVAL_BATCH, rank, world_size, 0), Normalizer(info, accelerator.device), accelerator)
+    result = evaluate(
+        model, eval_shard(test, EVAL_BATCH, rank, world_size, 0), Normalizer(info, accelerator.device), accelerator
+    )
     report = {
         "rank": rank,
         "world_size": world_size,

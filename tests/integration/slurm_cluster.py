@@ -26,7 +26,17 @@ import psutil
 from conftest import free_port
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 # Marks every process of this cluster (daemons, job steps, training processes) in its environment.
 MARKER = "MNIST_DIST_TEST_SLURM"
 
@@ -71,10 +81,19 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.socket = munge / "munge.socket"
-        self._spawn("munged", [
-            program("munged"), "--foreground", "--force", f"--socket={self.socket}", f"--key-file={key}",
-            f"--pid-file={munge / 'munged.pid'}", f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'munged.seed'}",
-        ])  # fmt: skip
+        self._spawn(
+            "munged",
+            [
+                program("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.socket}",
+                f"--key-file={key}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'munged.seed'}",
+            ],
+        )
         self._wait(self.socket.exists, 20, "munged's socket")
 
     def _write_conf(self) -> None:
@@ -119,14 +138,18 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = (self.folder / f"{name}.out").open("w")
-        self.daemons[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.daemons[name] = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             for name, daemon in self.daemons.items():
                 if daemon.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {daemon.returncode} while waiting for {what}:\n{self.logs()}")
+                    raise RuntimeError(
+                        f"{name} exited with {daemon.returncode} while waiting for {what}:\n{self.logs()}"
+                    )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}:\n{self.logs()}")
             time.sleep(0.2)
@@ -153,8 +176,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def sbatch(self, command: list[str], options: list[str], cwd: Path, env: dict | None = None) -> int:
         """Submit `sbatch OPTIONS SCRIPT ARGS...` from cwd; returns the job id."""
         environment = {**self.env, **(env or {})}
-        result = subprocess.run(["sbatch", "--parsable", *options, *map(str, command)], cwd=cwd, env=environment,
-                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        result = subprocess.run(
+            ["sbatch", "--parsable", *options, *map(str, command)],
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"sbatch exited {result.returncode}: {result.stderr.strip()}")
         return int(result.stdout.strip().split(";")[0])
@@ -172,9 +201,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             if record["JobState"] in states:
                 return record
             if record["JobState"] in FINISHED:
-                raise AssertionError(f"job {job_id} ended {record['JobState']} (exit {record.get('ExitCode')}), not {states}")
+                raise AssertionError(
+                    f"job {job_id} ended {record['JobState']} (exit {record.get('ExitCode')}), not {states}"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {record['JobState']} ({record.get('Reason')}) after {timeout} s, not {states}")
+                raise TimeoutError(
+                    f"job {job_id} still {record['JobState']} ({record.get('Reason')}) after {timeout} s, not {states}"
+                )
             time.sleep(poll)
 
     def stop(self) -> None:
@@ -205,7 +238,11 @@ def leftover_processes(marker: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         try:
-            if process.pid != os.getpid() and process.status() != psutil.STATUS_ZOMBIE and process.environ().get(MARKER) == marker:
+            if (
+                process.pid != os.getpid()
+                and process.status() != psutil.STATUS_ZOMBIE
+                and process.environ().get(MARKER) == marker
+            ):
                 found.append(process)
         except psutil.Error:
             pass

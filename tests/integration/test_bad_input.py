@@ -30,7 +30,9 @@ def test_corrupt_idx_file(train, tmp_path):
     raw = tmp_path / "d" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for split, count in (("train", 6), ("t10k", 4)):
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + bytes(28 * 28 * (count - 1)))
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, count, 28, 28) + bytes(28 * 28 * (count - 1))
+        )
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + bytes(count))
     result, _ = train("--dataset", "mnist", "--data-dir", tmp_path / "d", "--no-download", check=False)
     assert_clean_error(result, "train-images-idx3-ubyte")

@@ -15,14 +15,48 @@ from conftest import BIN, REPO, free_port, summary
 from safetensors.torch import load_file
 
 # 30 optimizer steps of 4 x 32 samples: short, since 4 processes share 2 cores here.
-ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "30", "--epochs", "1",
-        "--deterministic", "--lr", "0.05", "--no-checkpoint-epochs", "--wandb", "disabled"]  # fmt: skip
+ARGS = [
+    "--model",
+    "lenet",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "30",
+    "--epochs",
+    "1",
+    "--deterministic",
+    "--lr",
+    "0.05",
+    "--no-checkpoint-epochs",
+    "--wandb",
+    "disabled",
+]
 
 
-def torchrun(nnodes: int, node_rank: int, nproc_per_node: int, port: int, run_dir: Path, data_dir: Path) -> subprocess.Popen:
-    command = [str(BIN / "torchrun"), "--nnodes", str(nnodes), "--node-rank", str(node_rank), "--nproc-per-node", str(nproc_per_node),
-               "--master-addr", "127.0.0.1", "--master-port", str(port),
-               "train.py", *ARGS, "--data-dir", str(data_dir), "--run-dir", str(run_dir)]  # fmt: skip
+def torchrun(
+    nnodes: int, node_rank: int, nproc_per_node: int, port: int, run_dir: Path, data_dir: Path
+) -> subprocess.Popen:
+    command = [
+        str(BIN / "torchrun"),
+        "--nnodes",
+        str(nnodes),
+        "--node-rank",
+        str(node_rank),
+        "--nproc-per-node",
+        str(nproc_per_node),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "train.py",
+        *ARGS,
+        "--data-dir",
+        str(data_dir),
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_API_KEY", None)
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -18,8 +18,25 @@ from conftest import REPO, assert_same_weights, launch_command, metrics_rows
 from safetensors.torch import load_file
 
 # 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40.
-ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
-        "--checkpoint-every", "40", "--deterministic", "--lr", "0.05", "--wandb", "disabled"]  # fmt: skip
+ARGS = [
+    "--model",
+    "lenet",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "240",
+    "--epochs",
+    "1",
+    "--checkpoint-every",
+    "40",
+    "--deterministic",
+    "--lr",
+    "0.05",
+    "--wandb",
+    "disabled",
+]
 WEIGHTS_DIFFER = "weights differ from the uninterrupted run"
 
 

@@ -24,8 +24,23 @@ from slurm_cluster import SlurmCluster, leftover_processes, missing_programs
 SCRIPTS = REPO / "launch" / "slurm"
 # 240 optimizer steps of 2 x 32 samples inside the first epoch, a checkpoint every 40: about 5 s of
 # training on 2 cores, after about 10 s of start-up.
-ARGS = ["--model", "lenet", "--dataset", "digits", "--batch-size", "32", "--max-steps", "240", "--epochs", "1",
-        "--checkpoint-every", "40", "--deterministic", "--lr", "0.05"]  # fmt: skip
+ARGS = [
+    "--model",
+    "lenet",
+    "--dataset",
+    "digits",
+    "--batch-size",
+    "32",
+    "--max-steps",
+    "240",
+    "--epochs",
+    "1",
+    "--checkpoint-every",
+    "40",
+    "--deterministic",
+    "--lr",
+    "0.05",
+]
 WEIGHTS_DIFFER = "weights differ from the uninterrupted job"
 
 
@@ -52,7 +67,9 @@ def cluster(tmp_path_factory):
 class Job:
     """One sbatch submission of a script in launch/slurm/, with its run dir and log."""
 
-    def __init__(self, cluster: SlurmCluster, script: str, folder: Path, data_dir: Path, options=(), extra=(), env=None):
+    def __init__(
+        self, cluster: SlurmCluster, script: str, folder: Path, data_dir: Path, options=(), extra=(), env=None
+    ):
         self.cluster = cluster
         self.run_dir = folder / "run"
         self.log = folder / "job.out"
@@ -90,7 +107,9 @@ class Job:
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, data_dir, tmp_path_factory) -> Job:
     """cpu.sbatch with 2 tasks, not interrupted: the reference for the preempted jobs."""
-    job = Job(cluster, "cpu.sbatch", tmp_path_factory.mktemp("uninterrupted"), data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+    job = Job(
+        cluster, "cpu.sbatch", tmp_path_factory.mktemp("uninterrupted"), data_dir, ["--ntasks=2", "--cpus-per-task=1"]
+    )
     job.wait_until_completed()
     return job
 
@@ -104,7 +123,9 @@ def test_job_scripts_pass_bash_n_and_shellcheck():
     if shutil.which("shellcheck") is None:
         skip_or_fail("bash -n passed; shellcheck is not installed (apt-get install shellcheck)")
     # -x follows `source launch/slurm/common.sh`, resolved from the repository root.
-    result = subprocess.run(["shellcheck", "-x", *(str(s.relative_to(REPO)) for s in scripts)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        ["shellcheck", "-x", *(str(s.relative_to(REPO)) for s in scripts)], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -136,7 +157,9 @@ def preempt_and_resume(cluster, job, uninterrupted, target: str) -> str:
     return log
 
 
-def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(cluster, uninterrupted, data_dir, tmp_path):
+def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(
+    cluster, uninterrupted, data_dir, tmp_path
+):
     job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, ["--ntasks=2", "--cpus-per-task=1"])
     # What SLURM does before a preemption or the time limit (#SBATCH --signal), at once: USR1
     # to the batch shell and to every process of the job.
@@ -145,12 +168,21 @@ def test_usr1_to_the_job_checkpoints_requeues_and_resumes_to_identical_weights(c
     assert f"job {job.id} (restart 1)" in log  # --open-mode=append: both runs in one log
 
 
-def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_run(cluster, uninterrupted, data_dir, tmp_path):
+def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_run(
+    cluster, uninterrupted, data_dir, tmp_path
+):
     # multi_node.sbatch on this one node, 2 CPU processes instead of GPUs. USR1 goes to the batch
     # shell only, as `#SBATCH --signal=B:USR1@120` sends it: the script must forward it to the
     # workers, and torchrun (which USR1 would kill) must survive it.
-    job = Job(cluster, "multi_node.sbatch", tmp_path, data_dir, ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"],
-              ["--wandb", "offline"], env={"NPROC_PER_NODE": "2"})  # fmt: skip
+    job = Job(
+        cluster,
+        "multi_node.sbatch",
+        tmp_path,
+        data_dir,
+        ["--nodes=1", "--gpus-per-node=0", "--cpus-per-task=2"],
+        ["--wandb", "offline"],
+        env={"NPROC_PER_NODE": "2"},
+    )
     log = preempt_and_resume(cluster, job, uninterrupted, "--batch")
     assert "exitcode  : 3" in log  # torchrun outlived USR1 and saw its workers stop after the checkpoint
     # Both runs of the job logged to one W&B run, whose id comes from the job id.
@@ -161,7 +193,14 @@ def test_torchrun_script_passes_usr1_to_its_workers_and_resumes_the_same_wandb_r
 
 def test_single_node_script_runs_one_torchrun_process_per_device(cluster, uninterrupted, data_dir, tmp_path):
     # 2 CPU processes stand in for the GPUs this test cluster does not have.
-    job = Job(cluster, "single_node.sbatch", tmp_path, data_dir, ["--gpus-per-node=0", "--cpus-per-task=2"], env={"NPROC_PER_NODE": "2"})
+    job = Job(
+        cluster,
+        "single_node.sbatch",
+        tmp_path,
+        data_dir,
+        ["--gpus-per-node=0", "--cpus-per-task=2"],
+        env={"NPROC_PER_NODE": "2"},
+    )
     job.wait_until_completed()
     assert job.summary()["world_size"] == 2
     assert_same_weights(job.run_dir, uninterrupted.run_dir, WEIGHTS_DIFFER)

@@ -16,7 +16,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(train):
     # 2 processes x 50 = the recipe's global batch of 100 (200 steps); seeds 0-4 gave 96-99% here.
-    result, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", "--batch-size", "50", processes=2)
+    result, run_dir = train(
+        "--config", "configs/lenet.yaml", "--dataset", "digits", "--epochs", "1", "--batch-size", "50", processes=2
+    )
     results = summary(run_dir)
     assert results["world_size"] == 2
     assert results["final_eval_accuracy"] >= 0.95, results
@@ -38,15 +40,34 @@ def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
     DistributedSampler deals one permutation round-robin, so 2 ranks x 50 images cover exactly the
     100 images of the 1-process batch; DDP averages their gradients. The weights must agree.
     """
-    common = ["--model", "lenet", "--dataset", "digits", "--optimizer", "sgd", "--lr", "0.05", "--schedule", "none",
-              "--label-smoothing", "0", "--weight-decay", "0", "--max-steps", "15", "--deterministic"]  # fmt: skip
+    common = [
+        "--model",
+        "lenet",
+        "--dataset",
+        "digits",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "none",
+        "--label-smoothing",
+        "0",
+        "--weight-decay",
+        "0",
+        "--max-steps",
+        "15",
+        "--deterministic",
+    ]
     _, single = train(*common, "--batch-size", "100")  # the resident path (auto on CPU)
     _, classic = train(*common, "--batch-size", "100", "--loader", "dataloader")
     _, accumulated = train(*common, "--batch-size", "50", "--grad-accum-steps", "2")
     _, distributed = train(*common, "--batch-size", "50", processes=2)
     reference = load_file(single / "model.safetensors")
     # Both data paths feed the same batches: the same bits.
-    assert all(torch.equal(tensor, reference[name]) for name, tensor in load_file(classic / "model.safetensors").items())
+    assert all(
+        torch.equal(tensor, reference[name]) for name, tensor in load_file(classic / "model.safetensors").items()
+    )
     for other in (accumulated, distributed):
         weights = load_file(other / "model.safetensors")
         for name, tensor in reference.items():
@@ -72,8 +93,26 @@ def test_dry_run_writes_nothing(train, tmp_path):
 
 def test_early_stopping_and_max_steps(train):
     # patience 1 with a learning rate far too small to improve: stops after epoch 2 of 5.
-    _, run_dir = train("--model", "linear", "--dataset", "digits", "--epochs", "5", "--optimizer", "sgd", "--lr", "1e-9",
-                       "--momentum", "0", "--schedule", "none", "--early-stopping-patience", "1", "--batch-size", "500")  # fmt: skip
+    _, run_dir = train(
+        "--model",
+        "linear",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "5",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e-9",
+        "--momentum",
+        "0",
+        "--schedule",
+        "none",
+        "--early-stopping-patience",
+        "1",
+        "--batch-size",
+        "500",
+    )
     assert summary(run_dir)["epochs"] == 2
     _, run_dir = train("--model", "linear", "--dataset", "digits", "--max-steps", "7", "--batch-size", "500")
     assert summary(run_dir)["steps"] == 7
@@ -82,7 +121,18 @@ def test_early_stopping_and_max_steps(train):
 def test_demo_script_trains_with_two_processes(data_dir, tmp_path):
     """The README's main command (scripts/demo.sh), shortened to one epoch."""
     run_dir = tmp_path / "demo"
-    command = ["bash", "scripts/demo.sh", "--epochs", "1", "--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled"]
+    command = [
+        "bash",
+        "scripts/demo.sh",
+        "--epochs",
+        "1",
+        "--data-dir",
+        data_dir,
+        "--run-dir",
+        run_dir,
+        "--wandb",
+        "disabled",
+    ]
     result = subprocess.run([str(part) for part in command], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary(run_dir)["world_size"] == 2
@@ -100,5 +150,7 @@ def test_compiled_channels_last_model_trains_and_saves_bare_weights(train):
 def test_a_rank_without_evaluation_batches_does_not_hang_a_batchnorm_model(train):
     """One evaluation batch for two processes: rank 1 evaluates nothing, and must not wait in a
     collective that DDP's forward would start (the cnn has BatchNorm buffers)."""
-    _, run_dir = train("--model", "cnn", "--dataset", "digits", "--eval-batch-size", "5000", "--max-steps", "3", processes=2)
+    _, run_dir = train(
+        "--model", "cnn", "--dataset", "digits", "--eval-batch-size", "5000", "--max-steps", "3", processes=2
+    )
     assert summary(run_dir)["world_size"] == 2

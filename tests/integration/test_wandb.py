@@ -19,16 +19,35 @@ from mnist_dist.wandb_run import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
 # digits: 20,000 training images; 2 processes x 500 = 20 steps per epoch, so 25 steps end 2 epochs.
-TWO_PROCESS = [*SHORT, "--max-steps", "25", "--epochs", "2", "--log-every", "5", "--wandb", "offline",
-               "--wandb-group", "smoke", "--wandb-tags", "ci,linear", "--wandb-notes", "two processes"]  # fmt: skip
+TWO_PROCESS = [
+    *SHORT,
+    "--max-steps",
+    "25",
+    "--epochs",
+    "2",
+    "--log-every",
+    "5",
+    "--wandb",
+    "offline",
+    "--wandb-group",
+    "smoke",
+    "--wandb-tags",
+    "ci,linear",
+    "--wandb-notes",
+    "two processes",
+]
 
 
 @pytest.fixture(scope="module")
 def wandb_env(tmp_path_factory) -> dict:
     """W&B's own folders (settings, artifact staging, cache) in a temporary home, not the user's."""
     home = tmp_path_factory.mktemp("wandb-home")
-    return {"WANDB_CONFIG_DIR": str(home / "config"), "WANDB_DATA_DIR": str(home / "data"), "WANDB_CACHE_DIR": str(home / "cache"),
-            "WANDB_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip  # nothing listens there: no W&B server is ever reached
+    return {
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_BASE_URL": "http://127.0.0.1:9",
+    }  # nothing listens there: no W&B server is ever reached
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +84,12 @@ def test_run_page_has_the_resolved_config_system_facts_and_names(two_process_job
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert system["git_commit"] == commit
     assert (run.run.display_name, run.run.run_group, list(run.run.tags), run.run.notes, run.run.job_type) == (
-        config["run_name"], "smoke", ["ci", "linear"], "two processes", "train")
+        config["run_name"],
+        "smoke",
+        ["ci", "linear"],
+        "two processes",
+        "train",
+    )
 
 
 def test_logged_metrics_equal_metrics_jsonl_on_one_step_axis(two_process_job):
@@ -113,7 +137,18 @@ def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two
 
 def test_resumed_job_continues_the_same_run_and_its_steps_never_go_back(tmp_path, data_dir, wandb_env):
     run_dir = tmp_path / "run"
-    args = [*SHORT, "--wandb", "offline", "--log-every", "1", "--checkpoint-every", "2", "--no-checkpoint-epochs", "--schedule", "none"]
+    args = [
+        *SHORT,
+        "--wandb",
+        "offline",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--no-checkpoint-epochs",
+        "--schedule",
+        "none",
+    ]
     train_into(run_dir, data_dir, *args, "--max-steps", "4", env=wandb_env)
     # A crash after step 4 was logged but before its checkpoint was complete: the job restarts from step 2.
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
@@ -124,7 +159,12 @@ def test_resumed_job_continues_the_same_run_and_its_steps_never_go_back(tmp_path
     assert first.steps == [1, 2, 3, 4]
     assert second.steps == [5, 6]  # steps 3 and 4 were trained again but not logged again
     assert second.history[-1]["eval/accuracy"] == summary(run_dir)["final_eval_accuracy"]
-    assert json.loads((run_dir / STATE_FILE).read_text()) == {"run_id": first.id, "project": "mnist-dist", "entity": "", "last_step": 6}
+    assert json.loads((run_dir / STATE_FILE).read_text()) == {
+        "run_id": first.id,
+        "project": "mnist-dist",
+        "entity": "",
+        "last_step": 6,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +174,9 @@ def without_wandb(tmp_path_factory, data_dir, wandb_env):
     return run_dir
 
 
-def test_online_without_an_api_key_warns_once_then_logs_offline_with_identical_training(tmp_path, data_dir, wandb_env, without_wandb):
+def test_online_without_an_api_key_warns_once_then_logs_offline_with_identical_training(
+    tmp_path, data_dir, wandb_env, without_wandb
+):
     run_dir = tmp_path / "run"
     result = train_into(run_dir, data_dir, *SHORT, "--max-steps", "6", "--wandb", "online", env=wandb_env)
     assert result.stdout.count("W&B online failed (UsageError: No API key configured") == 1
@@ -144,7 +186,7 @@ def test_online_without_an_api_key_warns_once_then_logs_offline_with_identical_t
     assert_same_weights(run_dir, without_wandb)
 
 
-FAILING_WANDB = '''
+FAILING_WANDB = """
 import os
 
 class Settings:
@@ -170,14 +212,23 @@ def init(**arguments):
 
 def teardown():
     pass
-'''
+"""
 
 
-@pytest.mark.parametrize("fails, message", [
-    ("init", "W&B disabled: wandb.init failed (RuntimeError: simulated: bad API key)."),
-    ("log", "W&B disabled: logging failed (ConnectionError: simulated: server error 500); training goes on without it."),
-], ids=["init", "log"])  # fmt: skip
-def test_failing_wandb_warns_once_and_training_ends_as_without_it(fails, message, tmp_path, data_dir, wandb_env, without_wandb):
+@pytest.mark.parametrize(
+    "fails, message",
+    [
+        ("init", "W&B disabled: wandb.init failed (RuntimeError: simulated: bad API key)."),
+        (
+            "log",
+            "W&B disabled: logging failed (ConnectionError: simulated: server error 500); training goes on without it.",
+        ),
+    ],
+    ids=["init", "log"],
+)
+def test_failing_wandb_warns_once_and_training_ends_as_without_it(
+    fails, message, tmp_path, data_dir, wandb_env, without_wandb
+):
     fake = tmp_path / "fake" / "wandb"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAILING_WANDB)
@@ -188,7 +239,7 @@ def test_failing_wandb_warns_once_and_training_ends_as_without_it(fails, message
     assert_same_weights(run_dir, without_wandb)
 
 
-EVALUATION = '''
+EVALUATION = """
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -204,17 +255,20 @@ run_dir, into = Path(sys.argv[1]), sys.argv[2]
 run = load_run(str(run_dir))
 labels = torch.arange(40) % 10
 probabilities = torch.nn.functional.one_hot((labels + (torch.arange(40) % 4 == 0)) % 10, 10).float()
-predictions = SimpleNamespace(labels=labels, predicted=probabilities.argmax(dim=1), probabilities=probabilities, loss=0.5)
+predicted = probabilities.argmax(dim=1)
+predictions = SimpleNamespace(labels=labels, predicted=predicted, probabilities=probabilities, loss=0.5)
 predictions.count, predictions.correct = 40, int((predictions.predicted == labels).sum())
 predictions.accuracy = predictions.correct / 40
-about = {"checkpoint": str(run.weights_path), "model": "linear", "trained_on": "digits", "dataset": "digits", "split": "test"}
+about = {"checkpoint": str(run.weights_path), "model": "linear", "trained_on": "digits"}
+about.update(dataset="digits", split="test")
 metrics = build_metrics(predictions, run.info.class_names, about)
 out_dir = run_dir / "eval"
 out_dir.mkdir(exist_ok=True)
 Image.new("RGB", (8, 8)).save(out_dir / "curves.png")
 images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
-log_evaluation(run.config, run.weights_path, metrics, predictions, images, [out_dir / "curves.png"], out_dir, into=into, mode="offline")
-'''
+figures = [out_dir / "curves.png"]
+log_evaluation(run.config, run.weights_path, metrics, predictions, images, figures, out_dir, into=into, mode="offline")
+"""
 
 
 def test_evaluation_logs_into_the_training_run_or_a_new_eval_run(two_process_job, tmp_path, wandb_env):

@@ -86,7 +86,9 @@ class OfflineRun:
 
     def artifact(self, kind: str, name_part: str = ""):
         found = [a for a in self.artifacts if a.type == kind and name_part in a.name]
-        assert found, f"no {kind} artifact named *{name_part}* in {self.folder}: {[(a.type, a.name) for a in self.artifacts]}"
+        assert found, (
+            f"no {kind} artifact named *{name_part}* in {self.folder}: {[(a.type, a.name) for a in self.artifacts]}"
+        )
         return found[-1]
 
 

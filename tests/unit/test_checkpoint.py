@@ -80,7 +80,9 @@ def test_load_keeps_this_runs_optimizer_kernels(parts, accelerator):
     fused = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True))
     checkpointer.load(path, model, fused, torch.optim.lr_scheduler.StepLR(fused, step_size=2))
     assert fused.param_groups[0]["fused"] is True
-    assert torch.equal(fused.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        fused.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"]
+    )
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(parts, monkeypatch):
@@ -117,6 +119,10 @@ def test_a_onecycle_run_cannot_be_stretched_on_resume(parts, accelerator):
     checkpointer, model, optimizer, scheduler = parts
     checkpointer.config.schedule = "onecycle"
     path = save(parts, 10)
-    longer = Checkpointer(make_config({**checkpointer.config.to_dict(), "epochs": 9}), accelerator, checkpointer.folder.parent)
-    with pytest.raises(UserError, match="written with epochs=3, this run has 9; the onecycle schedule cannot be stretched"):
+    longer = Checkpointer(
+        make_config({**checkpointer.config.to_dict(), "epochs": 9}), accelerator, checkpointer.folder.parent
+    )
+    with pytest.raises(
+        UserError, match="written with epochs=3, this run has 9; the onecycle schedule cannot be stretched"
+    ):
         longer.load(path, model, optimizer, scheduler)

@@ -92,7 +92,11 @@ def test_invalid_config_files_are_explained(tmp_path, text, message):
 
 
 def test_help_answers_without_importing_torch():
-    code = "import sys, runpy; sys.argv = ['train.py', '--help']\ntry:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'torchvision', 'accelerate', 'wandb') if m in sys.modules))"
+    code = (
+        "import sys, runpy; sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'accelerate', 'wandb') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert "--batch-size" in result.stdout
     assert result.stdout.strip().endswith("[]")

@@ -30,6 +30,7 @@ def no_system_dirs(monkeypatch, tmp_path):
 
 # --- writers for the official formats ---------------------------------------------------------
 
+
 def fake_split(num, channels=1, size=28, seed=0):
     """Known pixels (every value 0..255 appears) and labels cycling through 0..9."""
     images = ((np.arange(num * channels * size * size) + seed) % 256).astype(np.uint8)
@@ -47,8 +48,10 @@ def write_idx_files(folder: Path, gz: bool = False, **overrides) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": fake_split(NUM_TRAIN), "t10k": fake_split(NUM_TEST, seed=7)}
     for split, (images, labels) in splits.items():
-        contents = {f"{split}-images-idx3-ubyte": idx_bytes(images[:, 0], files.IMAGES_MAGIC),
-                    f"{split}-labels-idx1-ubyte": idx_bytes(labels, files.LABELS_MAGIC)}
+        contents = {
+            f"{split}-images-idx3-ubyte": idx_bytes(images[:, 0], files.IMAGES_MAGIC),
+            f"{split}-labels-idx1-ubyte": idx_bytes(labels, files.LABELS_MAGIC),
+        }
         for name, data in contents.items():
             data = overrides.get(name, data)
             # mtime=0 and level 1: gz bytes unlike any official file, as with a re-compressed copy
@@ -75,8 +78,12 @@ def cifar_batches() -> dict:
     batches = {}
     for index, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
         images, labels = fake_split(4, channels=3, size=32, seed=index)
-        batches[name] = {b"batch_label": name.encode(), b"labels": labels.tolist(),
-                         b"data": images.reshape(4, 3072), b"filenames": [b"x.png"] * 4}
+        batches[name] = {
+            b"batch_label": name.encode(),
+            b"labels": labels.tolist(),
+            b"data": images.reshape(4, 3072),
+            b"filenames": [b"x.png"] * 4,
+        }
     batches["batches.meta"] = {b"label_names": [b"airplane", b"automobile"], b"num_vis": 3072}
     return batches
 
@@ -98,6 +105,7 @@ def write_pkl_gz(path: Path, splits, protocol=2):
 
 
 # --- MNIST-style IDX files ---------------------------------------------------------------------
+
 
 def test_reads_raw_idx_files_in_torchvision_layout(tmp_path):
     splits = write_idx_files(tmp_path / "MNIST" / "raw")
@@ -144,6 +152,7 @@ def test_second_prepare_touches_nothing_once_files_are_in_place(tmp_path, monkey
 
 # --- CIFAR-10 python batches ----------------------------------------------------------------------
 
+
 def test_reads_cifar_batches_whose_md5_differs_from_torchvision_list(tmp_path):
     batches = cifar_batches()
     write_cifar_folder(tmp_path / "cifar-10-batches-py", batches)
@@ -184,15 +193,20 @@ def test_corrupt_cifar_batch_names_the_file(tmp_path):
 
 # --- mnist.pkl.gz -----------------------------------------------------------------------------------
 
+
 def test_reads_mnist_pkl_with_valid_split_joined_to_train(tmp_path):
     (train, train_labels), (valid, valid_labels), (test, test_labels) = (
-        fake_split(num, seed=seed) for num, seed in ((6, 0), (4, 3), (5, 9)))
+        fake_split(num, seed=seed) for num, seed in ((6, 0), (4, 3), (5, 9))
+    )
     as_floats = lambda images: (images.reshape(len(images), 784) / 255).astype(np.float32)  # noqa: E731
-    write_pkl_gz(tmp_path / "mnist.pkl.gz", ((as_floats(train), train_labels), (as_floats(valid), valid_labels),
-                                             (as_floats(test), test_labels)))
+    write_pkl_gz(
+        tmp_path / "mnist.pkl.gz",
+        ((as_floats(train), train_labels), (as_floats(valid), valid_labels), (as_floats(test), test_labels)),
+    )
     train_images, got_train_labels, test_images, got_test_labels = read_mnist_pkl(tmp_path / "mnist.pkl.gz")
-    assert_split((train_images, got_train_labels),
-                 np.concatenate([train, valid]), np.concatenate([train_labels, valid_labels]))
+    assert_split(
+        (train_images, got_train_labels), np.concatenate([train, valid]), np.concatenate([train_labels, valid_labels])
+    )
     assert_split((test_images, got_test_labels), test, test_labels)
 
 
@@ -219,8 +233,10 @@ def test_refuses_a_pickle_that_imports_code(tmp_path):
         (b"plain bytes", r"not a readable gzip file"),
         (gzip.compress(b"not a pickle"), r"not a valid pickle"),
         (gzip.compress(pickle.dumps({"train": 1}, protocol=2)), r"should hold a tuple \(train, valid, test\)"),
-        (gzip.compress(pickle.dumps(((np.zeros((3, 784)), np.zeros(2)),) * 3, protocol=2)),
-         r"the train split should be .* got images \(3, 784\) and labels \(2,\)"),
+        (
+            gzip.compress(pickle.dumps(((np.zeros((3, 784)), np.zeros(2)),) * 3, protocol=2)),
+            r"the train split should be .* got images \(3, 784\) and labels \(2,\)",
+        ),
     ],
     ids=["missing", "not-gzip", "not-pickle", "not-a-tuple", "lengths-differ"],
 )
@@ -233,6 +249,7 @@ def test_bad_mnist_pkl_is_a_dataset_error(tmp_path, contents, message):
 
 
 # --- errors a user can fix -----------------------------------------------------------------------------
+
 
 def test_missing_files_without_download_lists_every_path_tried(tmp_path):
     with pytest.raises(DatasetError) as error:
@@ -257,8 +274,11 @@ def test_wrong_idx_magic_names_the_file(tmp_path):
     images, _labels = fake_split(NUM_TRAIN)
     write_idx_files(tmp_path, **{"train-images-idx3-ubyte": idx_bytes(images[:, 0], 0x00000801)})
     prepare_torchvision_files("mnist", tmp_path, download=False)
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte is not an IDX images file: magic number "
-                                           r"0x00000801, expected 0x00000803; re-download"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train-images-idx3-ubyte is not an IDX images file: magic number "
+        r"0x00000801, expected 0x00000803; re-download",
+    ):
         read_torchvision_split("mnist", tmp_path, train=True)
 
 
@@ -273,8 +293,11 @@ def test_fewer_images_than_the_header_declares(tmp_path):
 def test_label_count_must_match_image_count(tmp_path):
     write_idx_files(tmp_path, **{"t10k-labels-idx1-ubyte": idx_bytes(np.zeros(NUM_TEST - 1), 0x801)})
     prepare_torchvision_files("mnist", tmp_path, download=False)
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte holds 10 images but .*t10k-labels-idx1-ubyte "
-                                           r"holds 9 labels"):
+    with pytest.raises(
+        DatasetError,
+        match=r"t10k-images-idx3-ubyte holds 10 images but .*t10k-labels-idx1-ubyte "
+        r"holds 9 labels",
+    ):
         read_torchvision_split("mnist", tmp_path, train=False)
 
 
@@ -297,8 +320,11 @@ def test_unwritable_data_dir_asks_for_another(tmp_path, monkeypatch):
 
 # --- the real files, where Debian installed them ---------------------------------------------------------
 
-@pytest.mark.skipif(not (DEBIAN_FASHION / "train-labels-idx1-ubyte.gz").exists(),
-                    reason="needs Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)")
+
+@pytest.mark.skipif(
+    not (DEBIAN_FASHION / "train-labels-idx1-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)",
+)
 def test_reads_debian_fashion_mnist_test_split(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "SYSTEM_DIRS", {"fashion-mnist": [DEBIAN_FASHION]})
     root = prepare_torchvision_files("fashion-mnist", tmp_path, download=False)

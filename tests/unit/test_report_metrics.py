@@ -51,8 +51,11 @@ def test_top_confused_pairs_are_the_off_diagonal_cells_by_count_then_class():
     confusion = torch.tensor([[5, 0, 3], [1, 7, 1], [3, 0, 9]])
     pairs = report.top_confused_pairs(confusion, ("a", "b", "c"))
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
-        ("a", "c", 3), ("c", "a", 3), ("b", "a", 1), ("b", "c", 1)
-    ]  # fmt: skip
+        ("a", "c", 3),
+        ("c", "a", 3),
+        ("b", "a", 1),
+        ("b", "c", 1),
+    ]
     assert len(report.top_confused_pairs(confusion, ("a", "b", "c"), limit=2)) == 2
 
 
