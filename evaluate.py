@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES, Parser
+from mnist_dist.cli import Parser
+from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES
 from mnist_dist.errors import UserError, report_error
 
 
@@ -66,13 +67,13 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
 
     import torch
 
-    from mnist_dist import report
-    from mnist_dist.data.datasets import load_dataset_once
+    from mnist_dist import eval_report
+    from mnist_dist.data.datasets import load_dataset_main_first
     from mnist_dist.data.images import Normalizer
     from mnist_dist.data.sharding import eval_shard
     from mnist_dist.distributed import build_accelerator
     from mnist_dist.evaluation import predict_split
-    from mnist_dist.inference import build_trained_model, check_dataset_fits, load_run
+    from mnist_dist.trained_run import build_trained_model, check_dataset_fits, load_run
     from mnist_dist.wandb_run import log_evaluation  # imports wandb only when logging
 
     run = load_run(args.checkpoint)
@@ -90,7 +91,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     config = dataclasses.replace(run.config, **{key: value for key, value in overrides.items() if value is not None})
     accelerator = build_accelerator(config)
     try:
-        data = load_dataset_once(config, accelerator)
+        data = load_dataset_main_first(config, accelerator)
         split = data.test if args.split == "test" else data.train
         shard = eval_shard(split, config.eval_batch_size, accelerator.process_index, accelerator.num_processes, 0)
         if config.channels_last:  # the layout the trainer evaluated in, so the numbers match its own
@@ -106,14 +107,14 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
                 "dataset": dataset,
                 "split": args.split,
             }
-            metrics = report.build_metrics(predictions, info.class_names, about)
-            report.print_report(metrics)
+            metrics = eval_report.build_metrics(predictions, info.class_names, about)
+            eval_report.print_report(metrics)
             out_dir = (
                 Path(args.out)
                 if args.out
                 else default_out_dir(run.weights_path, run.config.dataset, dataset, args.split)
             )
-            written = report.write_report(metrics, predictions, split.images, run, out_dir)
+            written = eval_report.write_report(metrics, predictions, split.images, run, out_dir)
             print(f"report written to {out_dir}/: {', '.join(written)}")
             figures = [out_dir / name for name in written if name.endswith(".png")]
             log_evaluation(
@@ -136,8 +137,8 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         if args.predict:
-            from mnist_dist.inference import load_run  # torch loads only from here on
-            from mnist_dist.predict import classify
+            from mnist_dist.classify_images import classify
+            from mnist_dist.trained_run import load_run  # torch loads only from here on
 
             return classify(load_run(args.checkpoint), args.predict, args.json)
         evaluate_checkpoint(args)

@@ -11,7 +11,7 @@ python train.py --help lists every option. Exit codes (mnist_dist/errors.py): 0 
 
 import sys
 
-from mnist_dist.config import parse_config
+from mnist_dist.cli import parse_config
 from mnist_dist.errors import STOPS, report_error
 
 

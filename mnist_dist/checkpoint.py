@@ -28,9 +28,10 @@ from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mnist_dist.atomic import replace_atomically, write_atomically
+from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError
-from mnist_dist.runfiles import COMPLETE, complete_checkpoints, newest_checkpoint, step_of, write_atomically
 
 # Options that fix which samples each step sees: a resumed run must keep them.
 MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
@@ -53,9 +54,8 @@ class TrainingState:
 def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
     """Write `model`'s weights with the resolved config in the file's metadata, atomically."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata={"config": json.dumps(config.to_dict())})
-    os.replace(temporary, path)
+    metadata = {"config": json.dumps(config.to_dict())}
+    replace_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
 
 
 def rng_states() -> dict:

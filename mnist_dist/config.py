@@ -1,20 +1,17 @@
-"""The one typed config: defaults < YAML file (`--config`) < command-line flags.
+"""The one typed config: every option with its default, its `--help` text and its validation.
 
-Every field's `help` is also its `--help` text. This module imports no torch, so `--help` and
-config errors answer at once.
+Values come from defaults < YAML file (`--config`) < command-line flags (cli.py). A Config is
+valid once made and is not changed afterwards: run.py resolves the run's name and folder into a
+new one with `dataclasses.replace`, which validates again. This module imports no torch, so
+`--help` and config errors answer at once.
 """
 
-import argparse
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mnist_dist.errors import ConfigError
+from mnist_dist.errors import ConfigError, did_you_mean
 
 # The names each option accepts. models.py and data/datasets.py register exactly these
 # (a unit test checks it), so a typo is caught here, before torch is imported.
@@ -26,6 +23,10 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 WANDB_EVAL_TARGETS = ("train", "new")
 LOADERS = ("auto", "resident", "dataloader")
+AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
+AT_LEAST_ONE += ("keep_checkpoints",)
+NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
+NOT_NEGATIVE += ("checkpoint_every",)
 CHOICES = {
     "dataset": DATASETS,
     "model": MODELS,
@@ -114,49 +115,42 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name, spec in FIELDS.items():
-            if spec.type is float and not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        self._check_choices()
+        self._check_numbers()
+        long_tags = [tag for tag in self.wandb_tags.split(",") if len(tag.strip()) > 64]
+        if long_tags:
+            raise ConfigError(f"W&B tags have at most 64 characters; shorten '{long_tags[0].strip()}'.")
+        if self.dataset == "mnist-pkl" and not self.data_file:
+            raise ConfigError("dataset mnist-pkl reads one file: pass --data-file path/to/mnist.pkl.gz.")
+
+    def _check_choices(self) -> None:
         for name, valid in CHOICES.items():
             value = getattr(self, name)
             if value not in valid:
-                close = difflib.get_close_matches(str(value), valid, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(str(value), valid)
                 raise ConfigError(f"unknown {name} '{value}'.{hint} Valid: {', '.join(valid)}.")
-        positive = (
-            "epochs",
-            "batch_size",
-            "eval_batch_size",
-            "grad_accum_steps",
-            "log_every",
-            "lr_step_epochs",
-            "keep_checkpoints",
-        )
-        for name in positive:
+
+    def _check_numbers(self) -> None:
+        for name, spec in FIELDS.items():
+            if spec.type is float and not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.lr <= 0:
             raise ConfigError(f"lr must be greater than 0, got {self.lr}.")
-        for name in (
-            "momentum",
-            "weight_decay",
-            "max_grad_norm",
-            "max_steps",
-            "early_stopping_patience",
-            "num_workers",
-            "checkpoint_every",
-        ):
+        for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
-        long_tags = [tag for tag in self.wandb_tags.split(",") if len(tag.strip()) > 64]
-        if long_tags:
-            raise ConfigError(f"W&B tags have at most 64 characters; shorten '{long_tags[0].strip()}'.")
-        if self.dataset == "mnist-pkl" and not self.data_file:
-            raise ConfigError("dataset mnist-pkl reads one file: pass --data-file path/to/mnist.pkl.gz.")
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether this run writes a run directory (config, metrics, checkpoints, model): all but a dry run."""
+        return not self.dry_run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -198,83 +192,14 @@ def _coerce(name: str, value: Any) -> Any:
     raise ConfigError(f"{name} must be {type_name}, got {value!r}.")
 
 
-def _check_known(keys: list[str], source: str) -> None:
+def check_known(keys: list[str], source: str) -> None:
     for key in keys:
         if key not in FIELDS:
-            close = difflib.get_close_matches(key, list(FIELDS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, FIELDS)
             raise ConfigError(f"unknown option '{key}' in {source}.{hint} See python train.py --help.")
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {path} does not exist. Pass a YAML file such as configs/lenet.yaml.")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: fix the syntax.") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"config file {path} cannot be read: {error}.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of option: value, got {type(data).__name__}.")
-    values = {str(key).replace("-", "_"): value for key, value in data.items()}
-    _check_known(list(values), path)
-    return values
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and the usual exit code 2, with no usage dump."""
-
-    def __init__(self, *args, script: str = "train.py", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.script = script
-
-    def error(self, message: str):
-        raise ConfigError(f"{message}. See python {self.script} --help.")
-
-
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    parser = Parser(
-        description=description,
-        argument_default=argparse.SUPPRESS,  # only flags given on the command line override
-        allow_abbrev=False,
-    )
-    parser.add_argument("--config", help="YAML file of options; flags given here override it")
-    for name, spec in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
-        if spec.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, help=help_text, metavar=name.upper())
-    return parser
-
-
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Config from the command line: defaults, then the --config file, then the flags."""
-    parser = build_parser()
-    known, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flags = [action.option_strings[0] for action in parser._actions if action.option_strings]
-        close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"unknown argument {unknown[0]}.{hint} See python train.py --help.")
-    args = vars(known)
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
-    return make_config(values)
 
 
 def make_config(values: dict[str, Any]) -> Config:
     values = {key.replace("-", "_"): value for key, value in values.items()}
-    _check_known(list(values), "the options")
+    check_known(list(values), "the options")
     return Config(**{name: _coerce(name, value) for name, value in values.items()})
-
-
-def save_yaml(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -13,7 +13,7 @@ from rich.table import Table
 EPOCH_COLUMNS = ("epoch", "train loss", "train acc", "eval loss", "eval acc", "seconds", "samples/s")
 
 
-class Reporter:
+class TrainingConsole:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files

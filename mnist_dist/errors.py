@@ -6,7 +6,14 @@ traceback) and exit with the class's exit code:
     2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
     3  stopped by SIGTERM or SIGUSR1 after writing a checkpoint: run again to resume (Preempted)
     4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
+
+Also the two helpers every such message uses: `first_line` and `did_you_mean`.
 """
+
+import difflib
+import os
+import sys
+from collections.abc import Iterable
 
 
 class UserError(Exception):
@@ -38,13 +45,22 @@ class Diverged(Exception):
 STOPS = (UserError, Preempted, Diverged)
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it says nothing."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def did_you_mean(value: str, choices: Iterable[str], quote: str = "'") -> str:
+    """ " Did you mean 'x'?" for the closest of `choices` to a mistyped `value`, or "" when none is close."""
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean {quote}{close[0]}{quote}?" if close else ""
+
+
 def report_error(error: Exception) -> None:
     """Print the one-line message. Config errors, stop signals and a diverged loss happen on every
     rank alike, so rank 0 says them once; other errors (a file missing on one node) can be one
     rank's own, so each rank says its own, naming itself."""
-    import os
-    import sys
-
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)

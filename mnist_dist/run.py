@@ -9,8 +9,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.config import Config, save_yaml
-from mnist_dist.data.datasets import load_dataset_once
+from mnist_dist.cli import save_yaml
+from mnist_dist.config import Config
+from mnist_dist.data.datasets import load_dataset_main_first
 from mnist_dist.distributed import build_accelerator
 from mnist_dist.errors import UserError
 from mnist_dist.trainer import Trainer
@@ -55,7 +56,7 @@ def train(config: Config) -> dict:
     trainer = None
     try:
         run_dir = prepare_run_dir(config, accelerator)
-        data = load_dataset_once(config, accelerator)
+        data = load_dataset_main_first(config, accelerator)
         trainer = Trainer(config, accelerator, data, run_dir, system_facts(accelerator))
         results = trainer.fit()
         # No rank tears the process group down while another still talks in it: a gloo rank that

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mnist_dist.atomic import write_atomically
 from mnist_dist.config import Config
-from mnist_dist.runfiles import write_atomically
 from mnist_dist.wandb_run import WandbRun, wandb_mode, wandb_names
 
 

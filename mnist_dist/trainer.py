@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from mnist_dist.checkpoint import Checkpointer, TrainingState, save_model
 from mnist_dist.config import Config
-from mnist_dist.console import Reporter
+from mnist_dist.console import TrainingConsole
 from mnist_dist.data.augment import augmenter
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
@@ -89,7 +89,7 @@ class Trainer:
         self.state = TrainingState(world_size=world_size)
         self.epoch_sums = self.zero_sums()  # this rank's loss sum, correct count, samples in the epoch
         self.checkpointer = Checkpointer(config, accelerator, run_dir)
-        self.reporter = Reporter(self.is_main)
+        self.reporter = TrainingConsole(self.is_main)
         resume_from = self.checkpointer.find(config.resume) if run_dir is not None else None
         if resume_from is not None:
             self.state, rank_state = self.checkpointer.load(resume_from, self.module, self.optimizer, self.scheduler)

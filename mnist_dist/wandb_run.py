@@ -25,10 +25,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from mnist_dist.atomic import write_atomically
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.data.images import Normalizer
-from mnist_dist.inference import nearest
-from mnist_dist.runfiles import write_atomically
+from mnist_dist.trained_run import nearest
 
 STATE_FILE = "wandb_run.json"
 INIT_TIMEOUT = 60  # seconds wandb.init may take online before we go offline instead
@@ -382,7 +382,7 @@ def log_evaluation(
     process only; never raises.
 
     `config`: the trained run's config (its wandb, wandb_eval, project... options are the defaults
-    for `mode` and `into`); `metrics`: report.build_metrics; `predictions`: SplitPredictions of the
+    for `mode` and `into`); `metrics`: eval_report.build_metrics; `predictions`: SplitPredictions of the
     split whose uint8 `images` they cover; `figures`: the report's PNG files; `out_dir`: the report
     folder (where a new run's offline files go when the weights sit in no run directory).
     """

@@ -30,7 +30,7 @@ class Data:
     info: DatasetInfo
 
 
-def load_dataset_once(config, accelerator) -> Data:
+def load_dataset_main_first(config, accelerator) -> Data:
     """`load_dataset` for a job: the main process downloads or unpacks first; the others then read."""
     with accelerator.main_process_first():
         return load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)

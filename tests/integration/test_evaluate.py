@@ -10,10 +10,10 @@ from conftest import REPO, assert_clean_error, error_lines, run_script, summary,
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
+from mnist_dist.classify_images import mnist_field
 from mnist_dist.data.datasets import INFO
 from mnist_dist.figures import DPI, SIZES
 from mnist_dist.models import build_model
-from mnist_dist.predict import mnist_field
 
 # Imported from its file: a package named `evaluate` (Hugging Face's) may be installed too.
 _spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "evaluate.py")

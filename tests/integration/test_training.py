@@ -9,7 +9,7 @@ import torch
 from conftest import REPO, metrics_rows, summary
 from safetensors.torch import load_file
 
-from mnist_dist.config import load_yaml
+from mnist_dist.cli import load_yaml
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -14,7 +14,8 @@ from conftest import REPO, assert_same_weights, metrics_rows, summary, train_int
 pytest.importorskip("wandb", reason="these tests read what the real wandb package writes")
 from wandb_files import offline_runs  # noqa: E402
 
-from mnist_dist.config import build_parser, make_config  # noqa: E402
+from mnist_dist.cli import build_parser  # noqa: E402
+from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.wandb_run import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
@@ -247,8 +248,8 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from mnist_dist.inference import load_run
-from mnist_dist.report import build_metrics
+from mnist_dist.trained_run import load_run
+from mnist_dist.eval_report import build_metrics
 from mnist_dist.wandb_run import log_evaluation
 
 run_dir, into = Path(sys.argv[1]), sys.argv[2]

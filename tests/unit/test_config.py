@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from mnist_dist.config import MODELS, Config, load_yaml, make_config, parse_config, save_yaml
+from mnist_dist.cli import load_yaml, parse_config, save_yaml
+from mnist_dist.config import MODELS, Config, make_config
 from mnist_dist.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from mnist_dist import report
+from mnist_dist import eval_report
 from mnist_dist.data.images import DatasetInfo, ImageSet, Normalizer
 from mnist_dist.data.sharding import eval_shard
 from mnist_dist.evaluation import SplitPredictions, evaluate, predict_split
@@ -33,11 +33,11 @@ PER_CLASS = {
 
 
 def test_confusion_matrix_counts_true_rows_against_predicted_columns():
-    assert report.confusion_matrix(LABELS, PREDICTED, 4).tolist() == CONFUSION
+    assert eval_report.confusion_matrix(LABELS, PREDICTED, 4).tolist() == CONFUSION
 
 
 def test_per_class_precision_recall_f1_support_match_the_hand_computed_values():
-    rows = report.per_class_metrics(torch.tensor(CONFUSION), NAMES)
+    rows = eval_report.per_class_metrics(torch.tensor(CONFUSION), NAMES)
     assert [row.name for row in rows] == list(NAMES)
     for row in rows:
         precision, recall, f1, support = PER_CLASS[row.name]
@@ -49,20 +49,20 @@ def test_per_class_precision_recall_f1_support_match_the_hand_computed_values():
 
 def test_top_confused_pairs_are_the_off_diagonal_cells_by_count_then_class():
     confusion = torch.tensor([[5, 0, 3], [1, 7, 1], [3, 0, 9]])
-    pairs = report.top_confused_pairs(confusion, ("a", "b", "c"))
+    pairs = eval_report.top_confused_pairs(confusion, ("a", "b", "c"))
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
         ("a", "c", 3),
         ("c", "a", 3),
         ("b", "a", 1),
         ("b", "c", 1),
     ]
-    assert len(report.top_confused_pairs(confusion, ("a", "b", "c"), limit=2)) == 2
+    assert len(eval_report.top_confused_pairs(confusion, ("a", "b", "c"), limit=2)) == 2
 
 
 def test_metrics_hold_every_number_of_the_report():
     probabilities = torch.nn.functional.one_hot(PREDICTED, 4).float()
     predictions = SplitPredictions(0.25, LABELS, PREDICTED, probabilities)
-    metrics = report.build_metrics(predictions, NAMES, {"model": "m", "dataset": "d", "split": "test"})
+    metrics = eval_report.build_metrics(predictions, NAMES, {"model": "m", "dataset": "d", "split": "test"})
     assert metrics["accuracy"] == 6 / 9 and metrics["correct"] == 6 and metrics["samples"] == 9
     assert metrics["loss"] == 0.25
     assert metrics["confusion_matrix"] == CONFUSION
@@ -73,7 +73,7 @@ def test_metrics_hold_every_number_of_the_report():
     assert metrics["top_confused"][0] == {"true": "zero", "predicted": "one", "count": 1}
 
     output = io.StringIO()
-    report.print_report({**metrics, "checkpoint": "c"}, Console(file=output, width=120))
+    eval_report.print_report({**metrics, "checkpoint": "c"}, Console(file=output, width=120))
     text = output.getvalue()
     for fragment in ("66.67%", "per class", "confusion matrix", "most confused", "three"):
         assert fragment in text

@@ -135,7 +135,7 @@ def print_report(metrics: dict[str, Any], console: Console | None = None) -> Non
 def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run, out_dir: Path) -> list[str]:
     """metrics.json, every figure and report.md into `out_dir` (main process only); returns the file names.
 
-    `run` is the evaluated `inference.TrainedRun`: its config goes into report.md, and its
+    `run` is the evaluated `trained_run.TrainedRun`: its config goes into report.md, and its
     metrics.jsonl (when the weights sit in a run directory) gives the learning curves.
     """
     try:

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.errors import UserError
-from mnist_dist.inference import TrainedRun, build_trained_model
+from mnist_dist.trained_run import TrainedRun, build_trained_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FIELD = 28  # side of the MNIST-family images

@@ -1,7 +1,6 @@
-"""Files of a run folder that several modules read or write, with no torch or accelerate import
-(evaluate.py --predict finds weights through here without loading Accelerate)."""
+"""The layout of a run's checkpoints/ folder, read without torch or Accelerate (evaluate.py --predict
+finds weights through here without loading Accelerate). checkpoint.py writes and loads them."""
 
-import os
 from pathlib import Path
 
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder; a folder without it is ignored
@@ -22,10 +21,3 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 def step_of(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -15,12 +15,12 @@ import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 
+from mnist_dist.checkpoint_files import newest_checkpoint
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo
 from mnist_dist.errors import UserError
 from mnist_dist.models import build_model
-from mnist_dist.runfiles import newest_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
 SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
