@@ -5,146 +5,25 @@
     torchrun --standalone --nproc_per_node 2 evaluate.py --checkpoint runs/<name>   # same numbers, 2 processes
     python evaluate.py --checkpoint runs/<name> --predict my_digit.png photos/ [--json]
 
-Exit codes: 0 done, 2 bad input (one line per problem, starting with `error:`).
+python evaluate.py --help lists every option. Exit codes: 0 done, 2 bad input (one line per problem,
+starting with `error:`).
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-from mnist_dist.cli import Parser
-from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES
-from mnist_dist.errors import UserError, report_error
-
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False, script="evaluate.py")
-    parser.add_argument(
-        "--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file"
-    )
-    parser.add_argument(
-        "--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)"
-    )
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate (default: test)")
-    parser.add_argument(
-        "--batch-size", type=positive, help="images per evaluation batch per process (default: the run's)"
-    )
-    parser.add_argument("--data-dir", help="folder with the dataset files (default: the run's)")
-    parser.add_argument("--data-file", help="path to mnist.pkl.gz (dataset mnist-pkl only)")
-    parser.add_argument(
-        "--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)"
-    )
-    parser.add_argument(
-        "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
-    )
-    parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
-    parser.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode for the report (default: the training run's)")
-    parser.add_argument(
-        "--wandb-eval",
-        choices=WANDB_EVAL_TARGETS,
-        help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval",
-    )
-    args = parser.parse_args(argv)
-    if args.json and not args.predict:
-        parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
-    return args
-
-
-def default_out_dir(weights_path: Path, trained_on: str, dataset: str, split: str) -> Path:
-    """eval/ beside the weights; another dataset or split gets its own folder (eval-mnist-train/)."""
-    suffix = ("" if dataset == trained_on else f"-{dataset}") + ("" if split == "test" else f"-{split}")
-    return weights_path.parent / f"eval{suffix}"
-
-
-def evaluate_checkpoint(args: argparse.Namespace) -> None:
-    import dataclasses
-
-    import torch
-
-    from mnist_dist import eval_report
-    from mnist_dist.data.datasets import load_dataset_main_first
-    from mnist_dist.data.images import Normalizer
-    from mnist_dist.data.sharding import eval_shard
-    from mnist_dist.distributed import build_accelerator
-    from mnist_dist.evaluation import predict_split
-    from mnist_dist.trained_run import build_trained_model, check_dataset_fits, load_run
-    from mnist_dist.wandb_run import log_evaluation  # imports wandb only when logging
-
-    run = load_run(args.checkpoint)
-    dataset = args.dataset or run.config.dataset
-    info = check_dataset_fits(run, dataset)  # before any data is loaded: a mismatch fails at once
-    model = build_trained_model(run)
-    # Precision follows this machine (auto), not the training machine: fp16 from a GPU fails on a CPU.
-    overrides = {
-        "mixed_precision": "auto",
-        "dataset": dataset,
-        "data_dir": args.data_dir,
-        "data_file": args.data_file,
-        "eval_batch_size": args.batch_size,
-    }
-    config = dataclasses.replace(run.config, **{key: value for key, value in overrides.items() if value is not None})
-    accelerator = build_accelerator(config)
-    try:
-        data = load_dataset_main_first(config, accelerator)
-        split = data.test if args.split == "test" else data.train
-        shard = eval_shard(split, config.eval_batch_size, accelerator.process_index, accelerator.num_processes, 0)
-        if config.channels_last:  # the layout the trainer evaluated in, so the numbers match its own
-            model = model.to(memory_format=torch.channels_last)
-        model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no DDP wrapper
-        # The model's inputs are normalized as in training, with its training set's mean and std.
-        predictions = predict_split(model, shard, Normalizer(run.info, accelerator.device), accelerator)
-        if accelerator.is_main_process:  # every rank holds the whole split's predictions; one reports
-            about = {
-                "checkpoint": str(run.weights_path),
-                "model": config.model,
-                "trained_on": run.config.dataset,
-                "dataset": dataset,
-                "split": args.split,
-            }
-            metrics = eval_report.build_metrics(predictions, info.class_names, about)
-            eval_report.print_report(metrics)
-            out_dir = (
-                Path(args.out)
-                if args.out
-                else default_out_dir(run.weights_path, run.config.dataset, dataset, args.split)
-            )
-            written = eval_report.write_report(metrics, predictions, split.images, run, out_dir)
-            print(f"report written to {out_dir}/: {', '.join(written)}")
-            figures = [out_dir / name for name in written if name.endswith(".png")]
-            log_evaluation(
-                run.config,
-                run.weights_path,
-                metrics,
-                predictions,
-                split.images,
-                figures,
-                out_dir,
-                into=args.wandb_eval,
-                mode=args.wandb,
-            )
-        accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
-    finally:
-        accelerator.end_training()  # also destroys the process group
+from mnist_dist.errors import STOPS, report_error
+from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, parse_args
 
 
 def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         if args.predict:
-            from mnist_dist.classify_images import classify
-            from mnist_dist.trained_run import load_run  # torch loads only from here on
-
-            return classify(load_run(args.checkpoint), args.predict, args.json)
-        evaluate_checkpoint(args)
-    except UserError as error:
+            return classify_files(args)  # 2 when any file could not be classified, each said on its own line
+        evaluate_checkpoint(args)  # torch and accelerate load only from here on
+    except STOPS as error:  # bad input: one line, no traceback
         report_error(error)
-        return 2
+        return error.exit_code
     return 0
 
 

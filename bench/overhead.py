@@ -1,17 +1,19 @@
 """The trainer's optimizer step against the bare model step, in one process, interleaved.
 
-    .venv/bin/python bench/overhead.py [--models mlp lenet cnn] [--rounds 30] [--out bench/results/overhead.json]
+    .venv/bin/python bench/overhead.py [--models mlp lenet cnn] [--rounds 30] [--augment]
+        [--out bench/results/overhead.json]
 
 "bare": forward, loss, backward and optimizer step on batches already normalized on the device,
 the least any loop can do for that model and optimizer. "trainer": `Trainer.train_step` on the
 resident loader's batches (gather, normalize, the step, the epoch's loss and accuracy sums, the
-schedule). Both build the same model and optimizer from one Config.
+schedule; with --augment also the per-sample shifts). Both build the same model and optimizer from one Config.
 Bursts of each alternate so that other jobs on a shared machine slow both alike; the share of the
 trainer's step time outside the model step is 1 - bare / trainer. Runs on the CPU or one GPU
 (with bf16; on a GPU that falls back to fp16, the bare loop would lack the trainer's gradient scaler).
 """
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -49,7 +51,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model_name: str, rounds: int, data_dir: str) -> dict:
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+def measure(model_name: str, rounds: int, data_dir: str, augment: bool = False) -> dict:
     config = make_config(
         {
             "model": model_name,
@@ -57,13 +66,15 @@ def measure(model_name: str, rounds: int, data_dir: str) -> dict:
             "data_dir": data_dir,
             "loader": "resident",
             "wandb": "disabled",
+            "dry_run": True,  # writes no run directory
+            "augment": augment,
             "epochs": 50,
             **RECIPES[model_name],
         }
     )
     accelerator = build_accelerator(config)
     data = load_dataset(config.dataset, config.data_dir, config.data_file, download=True)
-    trainer = Trainer(config, accelerator, data, None, {})
+    trainer = Trainer(config, accelerator, data, {})
     device, batch = trainer.device, config.batch_size
 
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.
@@ -84,8 +95,7 @@ def measure(model_name: str, rounds: int, data_dir: str) -> dict:
             optimizer.zero_grad(set_to_none=True)
 
     trainer.model.train()
-    order = list(range(len(data.train)))
-    batches = trainer.resident.batches(order * (rounds + 2), batch)
+    batches = endless(trainer.loader)
 
     def trainer_burst(_: int) -> None:
         for _ in range(STEPS_PER_BURST):
@@ -118,14 +128,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["mlp", "lenet", "cnn"], choices=sorted(RECIPES))
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--augment", action="store_true", help="the trainer's loader augments (the bare loop does not)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default="bench/results/overhead.json")
     args = parser.parse_args()
     results = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(), "models": {}}
+    results["augment"] = args.augment
     print(f"{'model':<6} {'batch':>5} {'bare ms':>8} {'trainer ms':>10} ", end="")
     print(f"{'bare img/s':>11} {'trainer img/s':>13} {'outside':>8}")
     for model_name in args.models:
-        row = results["models"][model_name] = measure(model_name, args.rounds, args.data_dir)
+        row = results["models"][model_name] = measure(model_name, args.rounds, args.data_dir, args.augment)
         print(
             f"{model_name:<6} {row['batch_size']:>5} {row['bare_ms_per_step']:>8.2f} "
             f"{row['trainer_ms_per_step']:>10.2f} "

@@ -15,40 +15,22 @@ and writes in place, while a checkpoint here must hold unwrapped weights and app
 
 import json
 import os
-import pickle
-import random
 import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mnist_dist.atomic import replace_atomically, write_atomically
 from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
 from mnist_dist.config import Config
-from mnist_dist.errors import UserError
-
-# Options that fix which samples each step sees: a resumed run must keep them.
-MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
-
-
-@dataclass
-class TrainingState:
-    """Where training stands. JSON, so anyone can read it."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # the epoch in progress (or the next to start)
-    batches_done: int = 0  # batches of `epoch` already trained, on each rank
-    best_accuracy: float = -1.0
-    best_step: int = -1
-    epochs_since_best: int = 0
-    world_size: int = 1
-    wandb_run_id: str | None = None
+from mnist_dist.errors import Diverged, UserError
+from mnist_dist.resume import TrainingState, check_fits, load_weights, read_state, restore_training, rng_states
 
 
 def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
@@ -58,103 +40,107 @@ def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
     replace_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
 
 
-def rng_states() -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def load_data(path: Path) -> dict:
-    """torch.load restricted to tensors and plain data: a crafted pickle is refused, never run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(
-            f"refusing to load {path}: it holds more than tensors and plain data ({first_line}). "
-            "Use a checkpoint this program wrote, or --resume none."
-        ) from None
-    except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(
-            f"checkpoint file {path} is unreadable ({error}); delete that checkpoint or pass --resume none."
-        ) from None
-
-
 class Checkpointer:
-    """Decides when to save, saves in a coordinated way across ranks, and finds what to resume."""
+    """Decides when to save, saves in a coordinated way across ranks, and finds and loads what to resume.
 
-    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None):
+    The trainer `attach`es what a checkpoint holds; then `maybe_save(step)` after every optimizer
+    step and `maybe_save(step, epoch_end=True)` after each epoch's evaluation save when due.
+    """
+
+    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path):
         self.config = config
         self.accelerator = accelerator
-        self.folder = run_dir / "checkpoints" if run_dir is not None else None
+        self.folder = run_dir / "checkpoints"
+        self.enabled = config.writes_files  # a dry run writes no checkpoint
+        self.contents: Callable[[], tuple] | None = None
 
-    def due_at_step(self, step: int) -> bool:
-        return self.folder is not None and self.config.checkpoint_every > 0 and step % self.config.checkpoint_every == 0
+    def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state) -> None:
+        """What `maybe_save` writes: the bare model (not DDP- or compile-wrapped), its optimizer and
+        schedule, the training state, and `rank_state()`, this rank's own state at the time of saving."""
+        self.contents = lambda: (state, module, optimizer, scheduler, rank_state())
 
-    def due_at_epoch_end(self) -> bool:
-        return self.folder is not None and self.config.checkpoint_epochs
+    def due(self, step: int, epoch_end: bool = False) -> bool:
+        """Every `checkpoint_every` steps, and at epoch ends with `checkpoint_epochs`. The trainer asks
+        at an epoch's last step only with epoch_end=True, after the evaluation, so no step is saved twice."""
+        every = self.config.checkpoint_every
+        by_steps = every > 0 and step % every == 0
+        return self.enabled and (by_steps or (epoch_end and self.config.checkpoint_epochs))
+
+    def maybe_save(self, step: int, epoch_end: bool = False) -> Path | None:
+        return self.save_now() if self.due(step, epoch_end) else None
+
+    def save_now(self) -> Path:
+        """Save what the trainer attached, due or not (a stop signal asks for it)."""
+        return self.save(*self.contents())
 
     def save(self, state: TrainingState, module: torch.nn.Module, optimizer, scheduler, rank_state: dict) -> Path:
-        """Every rank calls this at the same step. `module` is the bare model (not DDP- or compile-wrapped).
-        Returns the new checkpoint's folder."""
-        accelerator, rank = self.accelerator, self.accelerator.process_index
+        """Every rank calls this at the same step. Returns the new checkpoint's folder.
+
+        Each rank writes its part into a hidden `.partial-step-N` folder; only when every rank
+        succeeded does the main process mark it COMPLETE and rename it into place.
+        """
+        # Ranks hold identical weights, so each reaches the same verdict without a collective.
+        if not torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all():  # one host sync
+            raise Diverged(
+                f"the weights became NaN or infinite by step {state.step}; "
+                "no checkpoint was written for it. Lower --lr, or set --max-grad-norm."
+            )
         final = self.folder / f"step-{state.step:06d}"
         partial = self.folder / f".partial-step-{state.step:06d}"
+        failure = self._make_partial(partial)
+        if failure is None:
+            failure = self._write_parts(partial, state, module, optimizer, scheduler, rank_state)
+        failures = gather_object([failure])
+        if any(failures):
+            if self.accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise UserError(
+                f"writing checkpoint {final} failed ({next(f for f in failures if f)}); the previous checkpoints "
+                "are intact. Free space or fix permissions under --run-dir, then resume."
+            )
+        if self.accelerator.is_main_process:
+            self._publish(partial, final, keep_best=state.best_step)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _make_partial(self, partial: Path) -> str | None:
+        """The main process makes the empty folder; every rank then checks it sees it. Returns a failure or None."""
         failure = None
-        if accelerator.is_main_process:
+        if self.accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)  # left by a crash during an earlier save
             try:
                 partial.mkdir(parents=True)
             except OSError as error:
                 failure = f"{type(error).__name__}: {error}"
-        accelerator.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
+        if failure is None and not partial.is_dir():
+            rank = self.accelerator.process_index
+            failure = f"{partial} is not visible on rank {rank}: the run directory must be shared by all nodes"
+        return failure
+
+    def _write_parts(self, partial: Path, state, module, optimizer, scheduler, rank_state: dict) -> str | None:
+        """This rank's file, and on the main process the shared ones. Returns a failure or None."""
+        accelerator = self.accelerator
         try:
-            if failure is None and not partial.is_dir():
-                failure = f"{partial} is not visible on rank {rank}: the run directory must be shared by all nodes"
-            if failure is None:
-                torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{rank}.pt")
-                if accelerator.is_main_process:
-                    save_model(module, self.config, partial / "model.safetensors")
-                    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
-                    torch.save(
-                        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler},
-                        partial / "training.pt",
-                    )
-                    (partial / "state.json").write_text(
-                        json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
-                    )
-        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
-            failure = f"{type(error).__name__}: {error}"
-        failures = gather_object([failure])
-        if any(failures):
+            torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{accelerator.process_index}.pt")
             if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-            reason = next(f for f in failures if f)
-            raise UserError(
-                f"writing checkpoint {final} failed ({reason}); the previous checkpoints are intact. "
-                "Free space or fix permissions under --run-dir, then resume."
-            )
-        if accelerator.is_main_process:
-            (partial / COMPLETE).write_text("")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)  # the checkpoint appears all at once
-            write_atomically(self.folder / "latest", final.name + "\n")
-            self._prune(keep_best=state.best_step)
-        accelerator.wait_for_everyone()
-        return final
+                save_model(module, self.config, partial / "model.safetensors")
+                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
+                training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
+                torch.save(training, partial / "training.pt")
+                state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
+                (partial / "state.json").write_text(state_json)
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _publish(self, partial: Path, final: Path, keep_best: int) -> None:
+        """Main process: mark the checkpoint complete, move it into place at once, prune the old ones."""
+        (partial / COMPLETE).write_text("")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)  # the checkpoint appears all at once
+        write_atomically(self.folder / "latest", final.name + "\n")
+        self._prune(keep_best)
 
     def _prune(self, keep_best: int) -> None:
         """Delete all but the newest `keep_checkpoints` complete checkpoints and the best one."""
@@ -190,59 +176,7 @@ class Checkpointer:
 
     def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:
         """Restore everything saved at `path`; returns the training state and this rank's saved state."""
-        try:
-            saved = json.loads((path / "state.json").read_text())
-            config = saved.pop("config")
-            state = TrainingState(**saved)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise UserError(
-                f"checkpoint {path} has no valid state.json ({error}); delete it or pass --resume none."
-            ) from None
-        for key in MUST_MATCH:
-            if config.get(key) != getattr(self.config, key):
-                raise UserError(
-                    f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
-                    f"{getattr(self.config, key)!r}: use the same options, another --run-dir, or --resume none."
-                )
-        if self.config.schedule in ("onecycle", "cosine"):  # their shape is planned for the run's total steps
-            for key in ("epochs", "max_steps", "schedule"):
-                if config.get(key) != getattr(self.config, key):
-                    raise UserError(
-                        f"checkpoint {path} was written with {key}={config.get(key)!r}, this run has "
-                        f"{getattr(self.config, key)!r}; the {self.config.schedule} schedule cannot be "
-                        "stretched: keep the options, or use another --run-dir or --resume none."
-                    )
-        if state.world_size != self.accelerator.num_processes:
-            raise UserError(
-                f"checkpoint {path} was written by {state.world_size} processes, this run has "
-                f"{self.accelerator.num_processes}: resume with the same number for an exact continuation."
-            )
-        try:
-            weights = load_file(str(path / "model.safetensors"))
-            module.load_state_dict(weights)
-        except (SafetensorError, OSError, RuntimeError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise UserError(
-                f"cannot load the weights in {path}/model.safetensors ({first_line}); "
-                "delete that checkpoint or pass --resume none."
-            ) from None
-        training = load_data(path / "training.pt")
-        rank_state = load_data(path / f"rank-{self.accelerator.process_index}.pt")
-        # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
-        kernels = [
-            {key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups
-        ]
-        try:
-            optimizer.load_state_dict(training["optimizer"])
-            for group, keep in zip(optimizer.param_groups, kernels):
-                group.update(keep)
-            scheduler.load_state_dict(training["scheduler"])
-            if self.accelerator.scaler is not None and training["scaler"]:
-                self.accelerator.scaler.load_state_dict(training["scaler"])
-            set_rng_states(rank_state.pop("rng"))
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
-            raise UserError(
-                f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); "
-                "delete that checkpoint or pass --resume none."
-            ) from None
-        return state, rank_state
+        state, saved_config = read_state(path)
+        check_fits(path, state, saved_config, self.config, self.accelerator.num_processes)
+        load_weights(path, module)
+        return state, restore_training(path, self.accelerator, optimizer, scheduler)

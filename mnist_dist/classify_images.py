@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_dist.data.images import DatasetInfo, Normalizer
-from mnist_dist.errors import UserError
+from mnist_dist.errors import UserError, first_line
 from mnist_dist.trained_run import TrainedRun, build_trained_model
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -91,7 +91,7 @@ def prepare(path: Path, info: DatasetInfo) -> torch.Tensor:
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else str(error)
+        reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else first_line(error)
         raise UserError(f"{path}: cannot read it as an image ({reason}); pass a PNG or JPEG file") from None
     if info.channels == 3:
         resized = flatten_alpha(image).resize((info.width, info.height), Image.Resampling.LANCZOS)

@@ -9,6 +9,7 @@ new one with `dataclasses.replace`, which validates again. This module imports n
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mnist_dist.errors import ConfigError, did_you_mean
@@ -69,7 +70,11 @@ class Config:
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
     early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
-    augment: bool = option(False, "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10)")
+    augment: bool = option(
+        False,
+        "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10); each sample's draw "
+        "depends on (seed, epoch, sample) only, so any number of processes trains on the same images",
+    )
     seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process)")
     deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
     # --- checkpoints ---
@@ -151,6 +156,11 @@ class Config:
     def writes_files(self) -> bool:
         """Whether this run writes a run directory (config, metrics, checkpoints, model): all but a dry run."""
         return not self.dry_run
+
+    @property
+    def run_path(self) -> Path:
+        """The run directory (run.py resolves `run_dir` before training: runs/<run name> by default)."""
+        return Path(self.run_dir)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

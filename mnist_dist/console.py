@@ -91,9 +91,19 @@ class TrainingConsole:
         self.epoch_rows.append(cells)
         self.console.print(" ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths)))
 
-    def summary(self, facts: dict[str, Any]) -> None:
+    def summary(self, results: dict[str, Any], run_dir: str | None) -> None:
+        """The epoch table again, whole, and the final results (`run_dir` None: a dry run)."""
         if not self.enabled:
             return
+        facts = {
+            "final eval accuracy": f"{results['final_eval_accuracy']:.2%}",
+            "best eval accuracy": f"{results['best_eval_accuracy']:.2%}",
+            "final eval loss": f"{results['final_eval_loss']:.4f}",
+            "epochs": results["epochs"],
+            "optimizer steps": results["steps"],
+            "seconds": results["seconds"],
+            "run dir": run_dir or "(dry run: nothing written)",
+        }
         epochs = Table(title="epochs", header_style="bold")
         for name in EPOCH_COLUMNS:
             epochs.add_column(name, justify="right")

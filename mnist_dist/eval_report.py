@@ -6,6 +6,7 @@ and an N-process evaluation write identical files. Figures are drawn by `figures
 """
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ TOP_CONFUSED = 10  # confused pairs listed in the report
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
     """int64 (classes, classes): row = true class, column = predicted class."""
-    pairs = labels.long() * num_classes + predicted.long()
+    pairs = labels.long() * num_classes + predicted.long()  # one id per cell, so one bincount counts them all
     return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
@@ -84,52 +85,60 @@ def build_metrics(predictions, class_names: tuple[str, ...], about: dict[str, An
 
 
 def print_report(metrics: dict[str, Any], console: Console | None = None) -> None:
+    """The report's tables on the console: the totals, per class, the confusion matrix, the most confused pairs."""
     console = console or Console(highlight=False)
-    overview = Table(
-        title=f"evaluation of {metrics['model']} on {metrics['dataset']} ({metrics['split']})", show_header=False
-    )
-    overview.add_column("", style="bold")
-    overview.add_column("", justify="right")
-    overview.add_row("accuracy", f"{metrics['accuracy']:.2%} ({metrics['correct']:,} of {metrics['samples']:,})")
-    overview.add_row("loss", f"{metrics['loss']:.4f}")
-    overview.add_row("macro F1", f"{metrics['macro_f1']:.4f}")
-    console.print(overview)
+    console.print(overview_table(metrics))
+    console.print(per_class_table(metrics["per_class"]))
+    console.print(confusion_table(metrics["confusion_matrix"], metrics["class_names"]))
+    if metrics["top_confused"]:
+        console.print(confused_pairs_table(metrics["top_confused"]))
 
-    classes = Table(title="per class", header_style="bold")
-    for name, justify in (
-        ("class", "left"),
-        ("precision", "right"),
-        ("recall", "right"),
-        ("F1", "right"),
-        ("support", "right"),
-    ):
-        classes.add_column(name, justify=justify)
-    for row in metrics["per_class"]:
-        classes.add_row(
+
+def overview_table(metrics: dict[str, Any]) -> Table:
+    title = f"evaluation of {metrics['model']} on {metrics['dataset']} ({metrics['split']})"
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("accuracy", f"{metrics['accuracy']:.2%} ({metrics['correct']:,} of {metrics['samples']:,})")
+    table.add_row("loss", f"{metrics['loss']:.4f}")
+    table.add_row("macro F1", f"{metrics['macro_f1']:.4f}")
+    return table
+
+
+def per_class_table(per_class: list[dict[str, Any]]) -> Table:
+    table = Table(title="per class", header_style="bold")
+    table.add_column("class", justify="left")
+    for name in ("precision", "recall", "F1", "support"):
+        table.add_column(name, justify="right")
+    for row in per_class:
+        table.add_row(
             row["name"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", f"{row['support']:,}"
         )
-    console.print(classes)
+    return table
 
-    names = metrics["class_names"]
-    confusion = Table(title="confusion matrix (rows: true, columns: predicted)", header_style="bold")
-    confusion.add_column("true \\ predicted")
-    for index in range(len(names)):
-        confusion.add_column(str(index), justify="right")
-    for index, (name, counts) in enumerate(zip(names, metrics["confusion_matrix"])):
+
+def confusion_table(confusion: list[list[int]], class_names: list[str]) -> Table:
+    """Counts, the diagonal (right) in green, mistakes in red, empty cells dimmed so the mistakes stand out."""
+    table = Table(title="confusion matrix (rows: true, columns: predicted)", header_style="bold")
+    table.add_column("true \\ predicted")
+    for index in range(len(class_names)):
+        table.add_column(str(index), justify="right")
+    for index, (name, counts) in enumerate(zip(class_names, confusion)):
         cells = [
             f"[bold green]{n}[/]" if column == index else (f"[red]{n}[/]" if n else "[dim]0[/]")
             for column, n in enumerate(counts)
         ]
-        confusion.add_row(f"{index} {name}", *cells)
-    console.print(confusion)
+        table.add_row(f"{index} {name}", *cells)
+    return table
 
-    if metrics["top_confused"]:
-        pairs = Table(title="most confused", header_style="bold")
-        for name in ("true", "predicted as", "count"):
-            pairs.add_column(name, justify="right" if name == "count" else "left")
-        for pair in metrics["top_confused"]:
-            pairs.add_row(pair["true"], pair["predicted"], str(pair["count"]))
-        console.print(pairs)
+
+def confused_pairs_table(top_confused: list[dict[str, Any]]) -> Table:
+    table = Table(title="most confused", header_style="bold")
+    for name in ("true", "predicted as", "count"):
+        table.add_column(name, justify="right" if name == "count" else "left")
+    for pair in top_confused:
+        table.add_row(pair["true"], pair["predicted"], str(pair["count"]))
+    return table
 
 
 def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run, out_dir: Path) -> list[str]:
@@ -157,36 +166,52 @@ def write_markdown(metrics: dict[str, Any], config: dict[str, Any], figure_names
         "",
         f"Checkpoint `{metrics['checkpoint']}`, trained on {metrics['trained_on']}.",
         "",
-        "| accuracy | loss | macro precision | macro recall | macro F1 | samples |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {metrics['accuracy']:.2%} | {metrics['loss']:.4f} | {metrics['macro_precision']:.4f} | "
-        f"{metrics['macro_recall']:.4f} | {metrics['macro_f1']:.4f} | {metrics['samples']:,} |",
-        "",
-        "## Per class",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {row['name']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
-            for row in metrics["per_class"]
-        ),
-        "",
-        "## Most confused pairs",
-        "",
-        "| true | predicted as | count |",
-        "| --- | --- | ---: |",
-        *(f"| {pair['true']} | {pair['predicted']} | {pair['count']} |" for pair in metrics["top_confused"]),
-        "",
+        *overview_markdown(metrics),
+        *per_class_markdown(metrics["per_class"]),
+        *confused_pairs_markdown(metrics["top_confused"]),
         "## Figures",
         "",
         *(f"![{Path(name).stem.replace('_', ' ')}]({name})\n" for name in figure_names),
-        "## Config",
-        "",
-        "| option | value |",
-        "| --- | --- |",
-        *(f"| {key} | `{value!r}` |" if value == "" else f"| {key} | `{value}` |" for key, value in config.items()),
-        "",
+        *config_markdown(config),
     ]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def markdown_table(header: str, alignment: str, rows: Iterable[str]) -> list[str]:
+    """A Markdown table and the blank line after it; `alignment` is its `| --- | ---: |` line (---: aligns right)."""
+    return [header, alignment, *rows, ""]
+
+
+def overview_markdown(metrics: dict[str, Any]) -> list[str]:
+    row = (
+        f"| {metrics['accuracy']:.2%} | {metrics['loss']:.4f} | {metrics['macro_precision']:.4f} | "
+        f"{metrics['macro_recall']:.4f} | {metrics['macro_f1']:.4f} | {metrics['samples']:,} |"
+    )
+    header = "| accuracy | loss | macro precision | macro recall | macro F1 | samples |"
+    return markdown_table(header, "| ---: | ---: | ---: | ---: | ---: | ---: |", [row])
+
+
+def per_class_markdown(per_class: list[dict[str, Any]]) -> list[str]:
+    rows = (
+        f"| {row['name']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']:,} |"
+        for row in per_class
+    )
+    header = "| class | precision | recall | F1 | support |"
+    return ["## Per class", "", *markdown_table(header, "| --- | ---: | ---: | ---: | ---: |", rows)]
+
+
+def confused_pairs_markdown(top_confused: list[dict[str, Any]]) -> list[str]:
+    rows = (f"| {pair['true']} | {pair['predicted']} | {pair['count']} |" for pair in top_confused)
+    return [
+        "## Most confused pairs",
+        "",
+        *markdown_table("| true | predicted as | count |", "| --- | --- | ---: |", rows),
+    ]
+
+
+def config_markdown(config: dict[str, Any]) -> list[str]:
+    # An empty string would be an empty code span (``), which Markdown shows as nothing: write '' instead.
+    rows = (f"| {key} | `{value!r}` |" if value == "" else f"| {key} | `{value}` |" for key, value in config.items())
+    return ["## Config", "", *markdown_table("| option | value |", "| --- | --- |", rows)]

@@ -31,7 +31,7 @@ def evaluate(model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, ac
     loss_sums, correct_counts, counts = [], [], []
     for images, labels in shard.loader:
         labels = labels.to(accelerator.device, non_blocking=True)
-        logits = model(normalize(images.to(accelerator.device, non_blocking=True)))
+        logits = model(normalize(images.to(accelerator.device, non_blocking=True)))  # (B, classes)
         loss_sums.append(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct_counts.append((logits.argmax(dim=1) == labels).sum())
         counts.append(len(labels))
@@ -43,7 +43,7 @@ def evaluate(model: torch.nn.Module, shard: EvalShard, normalize: Normalizer, ac
     )
     rows = list(zip(shard.batch_numbers, *totals, counts))
     rows = gather_object(rows)  # unchanged in a single process
-    rows.sort()
+    rows.sort()  # by batch number: float sums added in one order whatever the world size
     model.train(was_training)
     count = sum(row[3] for row in rows)
     correct = int(sum(row[2] for row in rows))

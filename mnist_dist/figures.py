@@ -78,7 +78,7 @@ def misclassified(
     """The most confident mistakes: wrong predictions ordered by the probability the model gave them."""
     figure = new_figure("misclassified.png")
     wrong = (predictions.predicted != predictions.labels).nonzero().squeeze(1)
-    confidence = predictions.probabilities[wrong, predictions.predicted[wrong]]
+    confidence = predictions.probabilities[wrong, predictions.predicted[wrong]]  # (mistakes,): p of the wrong class
     order = sorted(range(len(wrong)), key=lambda i: (-confidence[i].item(), wrong[i].item()))[: rows * columns]
     if not order:
         say_nothing(figure, "no mistakes on this split")
@@ -112,11 +112,11 @@ def predictions_with_probabilities(images: torch.Tensor, predictions, class_name
     """Six images beside their class probabilities: the first three, then the three the model was least sure of."""
     figure = new_figure("predictions.png")
     least_sure = predictions.probabilities.max(dim=1).values.argsort()[:3].tolist()
-    chosen = list(dict.fromkeys([0, 1, 2, *least_sure]))[:6]
+    chosen = list(dict.fromkeys([0, 1, 2, *least_sure]))[:6]  # fromkeys drops an image that is in both, keeps order
     grid = figure.add_gridspec(3, 4, width_ratios=[1, 2.4, 1, 2.4])
     positions = range(len(class_names))
     for slot, index in enumerate(chosen):
-        row, column = slot % 3, 2 * (slot // 3)
+        row, column = slot % 3, 2 * (slot // 3)  # slots 0-2 fill the left (image, bars) pair, 3-5 the right
         show_image(figure.add_subplot(grid[row, column]), images[index])
         bars = figure.add_subplot(grid[row, column + 1])
         true, predicted = predictions.labels[index].item(), predictions.predicted[index].item()
@@ -156,6 +156,7 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
         return save(figure, out_dir, "curves.png")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     x = [row["epoch"] for row in epochs]
+    # An epoch line carries the global step at its end; dividing by this puts the step losses on the epoch axis.
     steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
     if steps:
         loss_axes.plot(

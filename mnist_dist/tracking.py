@@ -1,7 +1,8 @@
 """Where metrics go: `metrics.jsonl` in the run directory, and Weights & Biases when enabled.
 
-Main process only. metrics.jsonl gets every row as the trainer names it; W&B (wandb_run.py) gets
-the same rows in run-page sections (train/, epoch/, eval/), the final results and the model.
+Main process only. metrics.jsonl gets every row as the trainer names it; W&B (wandb_session.py) gets
+the same rows in run-page sections (train/, epoch/, eval/), then the final results and the model
+(wandb_media.py).
 W&B is optional: without the package, or when it fails, training goes on and says so once.
 """
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from mnist_dist.atomic import write_atomically
 from mnist_dist.config import Config
-from mnist_dist.wandb_run import WandbRun, wandb_mode, wandb_names
+from mnist_dist.wandb_media import log_final_results
+from mnist_dist.wandb_session import WandbRun, wandb_mode, wandb_names
 
 
 def drop_rows_after(path: Path, step: int) -> None:
@@ -81,12 +83,19 @@ class Tracker:
             )
             self.wandb.summarize({**values, **throughput})
 
-    def log_results(self, model, test_set, normalize, class_names, step: int) -> None:
-        """End of training: confusion matrix, predictions table, figures and the model artifact (W&B only)."""
-        if self.wandb is not None and self.run_dir is not None:
-            self.wandb.log_results(
-                model, test_set, normalize, class_names, self.run_dir / "model.safetensors", self.config, step
-            )
+    @property
+    def wants_predictions(self) -> bool:
+        """Whether log_results would log anything: this process has a live W&B run and a run directory.
+        Only the main process can say True; the trainer shares its answer, since every rank predicts."""
+        return self.wandb is not None and self.wandb.live and self.run_dir is not None
+
+    def log_results(self, predictions, images, class_names, step: int) -> None:
+        """End of training (W&B only): confusion matrix and predictions table of `predictions` (the test
+        split's SplitPredictions, which cover its uint8 `images` (N, C, H, W)), the figures of earlier
+        evaluate.py reports, then the model artifact."""
+        if self.wants_predictions:
+            model_path = self.run_dir / "model.safetensors"
+            log_final_results(self.wandb, predictions, images, class_names, model_path, self.config, step)
 
     def close(self) -> None:
         if self.metrics_file is not None:

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 
 from mnist_dist.checkpoint_files import newest_checkpoint
+from mnist_dist.cli import read_yaml_mapping
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo
-from mnist_dist.errors import UserError
+from mnist_dist.errors import UserError, first_line
 from mnist_dist.models import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -60,9 +60,9 @@ def load_run(checkpoint: str) -> TrainedRun:
             metadata = file.metadata() or {}
             state = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({reason}); train again or pass an intact model.safetensors"
+            f"{path} is not a readable safetensors file ({first_line(error)}); "
+            "train again or pass an intact model.safetensors"
         ) from None
     return TrainedRun(read_config(path, metadata), path, state)
 
@@ -97,26 +97,15 @@ def read_config(weights_path: Path, metadata: dict[str, str]) -> Config:
                 f"{weights_path} carries no config and there is no config.yaml beside it; "
                 "put the run's config.yaml next to the weights"
             )
-        values, source = read_yaml(found), str(found)
+        values, source = read_yaml_mapping(found, error=CheckpointError, fix="restore it from the run"), str(found)
+        if not values:  # train.py writes every option, so an empty file is a damaged one, not "all defaults"
+            raise CheckpointError(f"{found} is not a config (a mapping of option: value); restore it from the run")
     # Options added after the run was trained take their defaults; options since removed are ignored.
     known = {key: value for key, value in values.items() if key in FIELDS}
     try:
         return make_config(known)
     except UserError as error:
         raise CheckpointError(f"the config in {source} is not valid: {error}") from None
-
-
-def read_yaml(path: Path) -> dict:
-    """A run's config.yaml as a mapping, keeping keys this version does not know (they are dropped later)."""
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise CheckpointError(
-            f"cannot read the run's config {path} ({type(error).__name__}); restore it from the run"
-        ) from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path} is not a config (a mapping of option: value); restore it from the run")
-    return {str(key).replace("-", "_"): value for key, value in values.items()}
 
 
 def shape(info: DatasetInfo) -> str:
@@ -141,23 +130,24 @@ def build_trained_model(run: TrainedRun) -> torch.nn.Module:
     try:
         model.load_state_dict(run.state, strict=True)
     except RuntimeError as error:
-        expected, found = model.state_dict(), run.state
-        missing = sorted(set(expected) - set(found))
-        unexpected = sorted(set(found) - set(expected))
-        resized = sorted(name for name in set(expected) & set(found) if expected[name].shape != found[name].shape)
-        detail = (
-            f"{len(missing)} missing tensors (e.g. {missing[0]})"
-            if missing
-            else f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
-            if unexpected
-            else f"tensor {resized[0]} is {tuple(found[resized[0]].shape)}, expected "
-            f"{tuple(expected[resized[0]].shape)}"
-            if resized
-            else str(error).splitlines()[0]
-        )
         raise CheckpointError(
             f"the weights in {run.weights_path} are not a {run.config.model} for "
-            f"{run.config.dataset}: {detail}; they belong to another architecture or "
-            "dataset, so pass the config.yaml they were trained with"
+            f"{run.config.dataset}: {state_mismatch(model.state_dict(), run.state, error)}; they belong to another "
+            "architecture or dataset, so pass the config.yaml they were trained with"
         ) from None
     return model.eval()
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], error: RuntimeError) -> str:
+    """The first way `found` differs from the model's `expected` state: a missing, extra or resized tensor."""
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        return f"{len(missing)} missing tensors (e.g. {missing[0]})"
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        return f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
+    resized = sorted(name for name in set(expected) & set(found) if expected[name].shape != found[name].shape)
+    if resized:
+        name = resized[0]
+        return f"tensor {name} is {tuple(found[name].shape)}, expected {tuple(expected[name].shape)}"
+    return first_line(error)  # none of these: say what torch said

@@ -1,30 +1,39 @@
-"""The training loop: epochs of sharded batches, an exact evaluation after each, checkpoints to resume from."""
+"""The training loop: epochs of sharded batches, an exact evaluation after each, checkpoints to resume from.
+
+    fit()          until the epochs, --max-steps or early stopping: train_epoch, evaluate, end_epoch
+    train_epoch()  the optimizer steps of one epoch's plan: log, check health, checkpoint when due
+    train_step()   forward and backward of a group of batches, then one optimizer step
+    finish()       the final model, summary.json, the summary on the console and in W&B
+
+Every rank runs the same loop on its own shard; the main process (`is_main`) prints, logs and saves.
+"""
 
 import json
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
+from mnist_dist.atomic import write_atomically
 from mnist_dist.checkpoint import Checkpointer, TrainingState, save_model
 from mnist_dist.config import Config
 from mnist_dist.console import TrainingConsole
-from mnist_dist.data.augment import augmenter
 from mnist_dist.data.datasets import Data
-from mnist_dist.data.images import Normalizer
-from mnist_dist.data.resident import ResidentLoader, fits_on
-from mnist_dist.data.sharding import eval_shard, train_indices, train_loader, train_sampler
-from mnist_dist.distributed import configure_ddp
+from mnist_dist.data.images import DatasetInfo, Normalizer
+from mnist_dist.data.loaders import accumulation_groups, build_train_loader
+from mnist_dist.data.sharding import eval_shard
+from mnist_dist.distributed import share_rank0_buffers, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
-from mnist_dist.evaluation import EvalResult, evaluate
+from mnist_dist.evaluation import EvalResult, evaluate, predict_split
 from mnist_dist.models import build_model
 from mnist_dist.optim import build_optimizer, build_scheduler
 from mnist_dist.signals import StopRequest
+from mnist_dist.summary import EpochSums, epoch_row, final_results
 from mnist_dist.tracking import Tracker
 
 # Optimizer steps between the ranks' checks for a stop signal and a non-finite loss. Each check
@@ -33,93 +42,84 @@ from mnist_dist.tracking import Tracker
 CHECK_EVERY = 10
 
 
-def accumulation_groups(loader, size: int) -> Iterator[list]:
-    """Consecutive batches whose gradients add up to one optimizer step (the last group may be shorter)."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one call of train_epoch trains, computed once at its start. Steps count within the epoch, from 1."""
+
+    epoch: int
+    skip_batches: int  # batches of this epoch trained before a resume, on each rank
+    first_step: int  # the first optimizer step still to take
+    last_step: int  # the last step to take: the epoch's end, or earlier where --max-steps falls inside it
 
 
 class Trainer:
-    def __init__(self, config: Config, accelerator: Accelerator, data: Data, run_dir: Path | None, facts: dict):
+    def __init__(self, config: Config, accelerator: Accelerator, data: Data, facts: dict):
         self.config = config
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process  # this process prints, logs and saves
-        self.run_dir = run_dir
-        self.facts = facts
+        self.facts = facts  # device, world size, precision, versions, git commit: for the console and summary
         self.device = accelerator.device
-        rank, world_size = accelerator.process_index, accelerator.num_processes
+        self.set_up_data(data)
+        self.build_model_and_optimizer(data.info)
+        self.state = TrainingState(world_size=accelerator.num_processes)
+        self.sums = EpochSums(self.device)  # this rank's loss sum, correct count and samples in the epoch
+        self.stop = StopRequest()  # SIGTERM/SIGUSR1 -> checkpoint and exit, while fit() runs
+        self.console = TrainingConsole(self.is_main)
+        self.checkpointer = Checkpointer(config, accelerator, config.run_path)
+        resumed = self.resume()
+        self.console.show_config(config.to_dict(), facts)
+        self.tracker = self.start_tracker(resumed)
+        self.checkpointer.attach(self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
 
-        self.train_set = data.train
-        use_resident = config.loader == "resident" or (config.loader == "auto" and fits_on(data.train, self.device))
-        self.resident = ResidentLoader(data.train, self.device) if use_resident else None
+    def set_up_data(self, data: Data) -> None:
+        """This rank's training loader and evaluation batches, and how many steps the run takes."""
+        config, rank, world_size = self.config, self.accelerator.process_index, self.accelerator.num_processes
+        self.loader = build_train_loader(config, data.train, self.device, rank, world_size)
         self.normalize = Normalizer(data.info, self.device)
-        self.augment = augmenter(data.info.name) if config.augment else None
-        self.sampler = train_sampler(data.train, rank, world_size, config.seed)
         self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
         self.test_set, self.class_names = data.test, data.info.class_names  # also for the W&B results at the end
-
-        self.batches_per_epoch = math.ceil(len(self.sampler) / config.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
+        self.steps_per_epoch = math.ceil(self.loader.batches_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
 
-        model = build_model(config.model, data.info).to(self.device)
+    def build_model_and_optimizer(self, info: DatasetInfo) -> None:
+        config = self.config
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        model = model.to(memory_format=self.memory_format)
-        optimizer = build_optimizer(config, model, self.device, accelerator.mixed_precision)
+        model = build_model(config.model, info).to(self.device, memory_format=self.memory_format)
+        optimizer = build_optimizer(config, model, self.device, self.accelerator.mixed_precision)
         # Not passed to accelerator.prepare: its wrapper steps a schedule once per process per step.
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)
         self.module = model  # the bare model, whose weights are saved and loaded: never "module." keys
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)  # DDP-wrapped when distributed
-        configure_ddp(self.model)
-        # Accelerate's optimizer wrapper is needed for fp16's gradient scaler only. Without one, step
-        # the optimizer itself: the wrapper looks packages up on every step and zero_grad inspects
-        # signatures (0.4 ms a step here, a quarter of the MLP's step: bench/overhead.py).
-        self.step_optimizer = self.optimizer if accelerator.scaler is not None else optimizer
-        if config.compile:  # after DDP wrapping, as PyTorch recommends
-            self.model = torch.compile(self.model)
+        self.model, self.optimizer, self.step_optimizer = wrap_for_training(model, optimizer, config, self.accelerator)
 
-        self.state = TrainingState(world_size=world_size)
-        self.epoch_sums = self.zero_sums()  # this rank's loss sum, correct count, samples in the epoch
-        self.checkpointer = Checkpointer(config, accelerator, run_dir)
-        self.reporter = TrainingConsole(self.is_main)
-        resume_from = self.checkpointer.find(config.resume) if run_dir is not None else None
-        if resume_from is not None:
-            self.state, rank_state = self.checkpointer.load(resume_from, self.module, self.optimizer, self.scheduler)
-            self.epoch_sums = {key: value.to(self.device) for key, value in rank_state["epoch_sums"].items()}
-            self.reporter.print(f"resumed from {resume_from} (step {self.state.step}, epoch {self.state.epoch + 1})")
-        self.reporter.show_config(config.to_dict(), facts)
-        self.tracker = Tracker(
-            config,
-            run_dir,
-            self.is_main,
-            facts,
-            self.reporter.print,
-            resumed_run_id=self.state.wandb_run_id,
-            resumed_step=self.state.step if resume_from is not None else None,
-        )
+    def resume(self) -> bool:
+        """Continue from the checkpoint that --resume names (auto: the run's newest), if there is one."""
+        path = self.checkpointer.find(self.config.resume) if self.config.writes_files else None
+        if path is None:
+            return False
+        self.state, rank_state = self.checkpointer.load(path, self.module, self.optimizer, self.scheduler)
+        self.sums = EpochSums(self.device, rank_state)
+        self.console.print(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
+        return True
 
-    def zero_sums(self) -> dict[str, torch.Tensor]:
-        return {
-            "loss": torch.zeros((), device=self.device, dtype=torch.float64),
-            "correct": torch.zeros((), device=self.device, dtype=torch.int64),
-            "samples": torch.zeros((), device=self.device, dtype=torch.int64),
-        }
+    def start_tracker(self, resumed: bool) -> Tracker:
+        """metrics.jsonl and W&B (main process). A resumed run continues the checkpoint's W&B run."""
+        config = self.config
+        files = config.run_path if config.writes_files else None
+        resumed_step = self.state.step if resumed else None
+        resumed_run_id = self.state.wandb_run_id
+        tracker = Tracker(config, files, self.is_main, self.facts, self.console.print, resumed_run_id, resumed_step)
+        self.state.wandb_run_id = tracker.run_id  # checkpoints carry it, so a later resume continues it too
+        return tracker
 
     def fit(self) -> dict:
         """Train until the configured epochs, max_steps or early stopping; return the summary."""
         started = time.perf_counter()
         evaluation = None
-        with StopRequest() as self.stop:
+        with self.stop:
             while not self.finished():
-                train = self.train_epoch(self.state.epoch)
+                train = self.train_epoch(self.plan_epoch())
                 eval_start = time.perf_counter()
                 evaluation = self.evaluate()
                 train["eval_seconds"] = time.perf_counter() - eval_start
@@ -131,79 +131,51 @@ class Trainer:
     def finished(self) -> bool:
         state, patience = self.state, self.config.early_stopping_patience
         if patience and state.epochs_since_best >= patience:
-            self.reporter.print(f"early stopping: no better eval accuracy for {state.epochs_since_best} epochs")
+            self.console.print(f"early stopping: no better eval accuracy for {state.epochs_since_best} epochs")
             return True
         return state.epoch >= self.config.epochs or state.step >= self.total_steps
 
-    def train_epoch(self, epoch: int) -> dict:
-        """Train the rest of `epoch` (all of it, unless resuming inside it)."""
+    def plan_epoch(self) -> EpochPlan:
+        """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""
+        state = self.state
+        done = state.batches_done // self.config.grad_accum_steps  # its optimizer steps taken before a resume
+        last = min(self.steps_per_epoch, done + self.total_steps - state.step)
+        return EpochPlan(epoch=state.epoch, skip_batches=state.batches_done, first_step=done + 1, last_step=last)
+
+    def train_epoch(self, plan: EpochPlan) -> dict:
+        """Train the steps of `plan`; return the epoch's loss, accuracy and samples over all ranks, and its seconds."""
         self.model.train()
-        indices = train_indices(self.sampler, epoch)  # a new shuffle each epoch, the same on every rank
-        already = self.state.batches_done * self.config.batch_size  # samples trained before a resume
-        if self.resident is not None:
-            loader = self.resident.batches(indices[already:], self.config.batch_size)
-        else:
-            loader = train_loader(self.train_set, self.config.batch_size, indices[already:], self.config.num_workers)
-        steps_done = self.state.batches_done // self.config.grad_accum_steps
-        steps = min(self.steps_per_epoch, steps_done + self.total_steps - self.state.step)
-        self.reporter.start_epoch(epoch, self.config.epochs, steps, completed=steps_done)
-        # The epoch's sums stay on the device; they are read (a host sync) only at log intervals.
-        logged_loss, interval_samples, interval_start = self.epoch_sums["loss"].item(), 0, time.perf_counter()
-        epoch_start = time.perf_counter()
-        for step_in_epoch, group in enumerate(
-            accumulation_groups(loader, self.config.grad_accum_steps), steps_done + 1
-        ):
-            interval_samples += self.train_step(group)
+        self.loader.set_epoch(plan.epoch, plan.skip_batches)  # a new shuffle each epoch, the same on every rank
+        self.console.start_epoch(plan.epoch, self.config.epochs, plan.last_step, completed=plan.first_step - 1)
+        self.start_log_interval()
+        started = time.perf_counter()
+        groups = accumulation_groups(self.loader, self.config.grad_accum_steps)
+        for step_in_epoch, group in zip(range(plan.first_step, plan.last_step + 1), groups):
+            self.interval_samples += self.train_step(group)
             self.state.batches_done += len(group)
-            self.reporter.advance()
-            if self.state.step % self.config.log_every == 0:
-                loss_sum, elapsed = self.epoch_sums["loss"].item(), time.perf_counter() - interval_start
-                self.log_step(
-                    epoch, step_in_epoch, (loss_sum - logged_loss) / interval_samples, interval_samples / elapsed
-                )
-                logged_loss, interval_samples, interval_start = loss_sum, 0, time.perf_counter()
-            due = self.checkpointer.due_at_step(self.state.step)
-            if self.state.step % CHECK_EVERY == 0 or due:
-                self.check_health()
-            last = step_in_epoch == steps
-            if due and not (last and self.checkpointer.due_at_epoch_end()):  # end_epoch saves the last, with the eval
-                self.save_checkpoint()
-            if last:
-                break
-        seconds = time.perf_counter() - epoch_start
-        self.check_health()
-        # Sum over ranks so that the epoch's train loss and accuracy cover every rank's samples.
-        totals = torch.stack([value.double() for value in self.epoch_sums.values()])
-        loss_total, correct_total, samples_total = self.accelerator.reduce(totals, reduction="sum").tolist()
-        return {
-            "loss": loss_total / samples_total,
-            "accuracy": correct_total / samples_total,
-            "seconds": seconds,
-            "samples": int(samples_total),
-        }
+            self.after_step(plan, step_in_epoch)
+        seconds = time.perf_counter() - started
+        self.check_health(force=True)
+        return {**self.sums.over_ranks(self.accelerator), "seconds": seconds}
 
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Forward and backward each batch of the group, then one optimizer step.
 
         Adds the group's loss and correct count to the epoch's sums; returns its sample count.
         """
-        sums, samples = self.epoch_sums, 0
-        for index, (images, labels) in enumerate(group):
-            images = images.to(self.device, non_blocking=True)
-            if self.augment is not None:
-                images = self.augment(images)
+        sums, samples = self.sums, 0
+        for index, (images, labels) in enumerate(group):  # uint8 (B, C, H, W), int64 (B,), on the device
             images = self.normalize(images).contiguous(memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
             # Gradients are all-reduced only on the group's last backward.
             sync = index == len(group) - 1
             with nullcontext() if sync else self.accelerator.no_sync(self.model):
                 logits = self.model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
                 self.accelerator.backward(loss / len(group))
-            sums["loss"] += loss.detach() * len(labels)
-            sums["correct"] += (logits.detach().argmax(dim=1) == labels).sum()
+            sums.loss += loss.detach() * len(labels)
+            sums.correct += (logits.detach().argmax(dim=1) == labels).sum()
             samples += len(labels)
-        sums["samples"] += samples
+        sums.samples += samples
         if self.config.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.step_optimizer.step()
@@ -213,16 +185,27 @@ class Trainer:
         self.state.step += 1
         return samples
 
-    def check_health(self) -> None:
-        """All ranks agree: stop on a NaN/inf loss (no checkpoint), or checkpoint and stop on a signal."""
-        nonfinite = ~torch.isfinite(self.epoch_sums["loss"])  # NaN and inf stay in a sum of non-negative losses
-        flags = torch.stack(
-            [
-                nonfinite.double(),
-                torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64),
-            ]
-        )
-        nonfinite, stop = (value > 0 for value in self.accelerator.reduce(flags, reduction="sum").tolist())
+    def after_step(self, plan: EpochPlan, step_in_epoch: int) -> None:
+        """Progress, step metrics, the health check, and a checkpoint when one is due."""
+        step = self.state.step
+        self.console.advance()
+        if step % self.config.log_every == 0:
+            self.log_step(plan.epoch, step_in_epoch)
+        # The epoch's last step is saved by end_epoch instead, after the evaluation.
+        save_now = step_in_epoch < plan.last_step and self.checkpointer.due(step)
+        self.check_health(force=save_now)  # never checkpoint a diverged run
+        if save_now:
+            self.checkpointer.save_now()
+
+    def check_health(self, force: bool = False) -> None:
+        """Every CHECK_EVERY steps, or when forced, all ranks agree: stop on a NaN/inf loss (no
+        checkpoint), or checkpoint and stop when a stop signal reached any rank."""
+        if not force and self.state.step % CHECK_EVERY:
+            return
+        nonfinite = ~torch.isfinite(self.sums.loss)  # NaN and inf stay in a sum of non-negative losses
+        signalled = torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64)
+        flags = self.accelerator.reduce(torch.stack([nonfinite.double(), signalled]), reduction="sum")
+        nonfinite, stop = (value > 0 for value in flags.tolist())
         if nonfinite:
             last = self.checkpointer.complete_checkpoints()
             kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
@@ -231,7 +214,7 @@ class Trainer:
                 "Lower --lr, or set --max-grad-norm."
             )
         if stop:
-            where = self.save_checkpoint() if self.checkpointer.folder is not None else None
+            where = self.checkpointer.save_now() if self.checkpointer.enabled else None
             signal_name = self.stop.signal_name or "a stop signal (on another rank)"
             saved = (
                 f"checkpoint {where} written; run the same command again to resume"
@@ -240,24 +223,8 @@ class Trainer:
             )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
 
-    def save_checkpoint(self) -> Path:
-        # Ranks hold identical weights, so each reaches the same verdict without a collective.
-        if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():  # one host sync
-            raise Diverged(
-                f"the weights became NaN or infinite by step {self.state.step}; "
-                "no checkpoint was written for it. Lower --lr, or set --max-grad-norm."
-            )
-        rank_state = {"epoch_sums": {key: value.cpu() for key, value in self.epoch_sums.items()}}
-        self.state.wandb_run_id = self.tracker.run_id
-        return self.checkpointer.save(self.state, self.module, self.optimizer, self.scheduler, rank_state)
-
     def evaluate(self) -> EvalResult:
-        # The bare module, not DDP's wrapper, whose forward may join collectives that a rank without
-        # evaluation batches would never reach. Each rank kept its own BatchNorm statistics while
-        # training; all take rank 0's (the ones the saved model holds), so all evaluate one model.
-        if self.accelerator.num_processes > 1:
-            for buffer in self.module.buffers():
-                torch.distributed.broadcast(buffer, src=0)
+        share_rank0_buffers(self.module, self.accelerator.num_processes)
         result = evaluate(self.module, self.eval_shard, self.normalize, self.accelerator)
         if result.count != len(self.test_set):  # the sharding's promise, checked every time
             raise RuntimeError(f"evaluated {result.count} samples, the test set has {len(self.test_set)}")
@@ -265,72 +232,59 @@ class Trainer:
 
     def end_epoch(self, train: dict, evaluation: EvalResult) -> None:
         state = self.state
-        row = {
-            "epoch": state.epoch + 1,
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-            "eval_loss": evaluation.loss,
-            "eval_accuracy": evaluation.accuracy,
-            "train_samples": train["samples"],
-            "eval_samples": evaluation.count,
-            "epoch_seconds": train["seconds"],  # training only; evaluation is eval_seconds
-            "eval_seconds": train["eval_seconds"],
-            "samples_per_second": train["samples"] / train["seconds"],
-        }
-        self.reporter.end_epoch(row)
+        row = epoch_row(state.epoch, train, evaluation)
+        self.console.end_epoch(row)
         self.tracker.log("epoch", state.step, row)
         if evaluation.accuracy > state.best_accuracy:
             state.best_accuracy, state.best_step, state.epochs_since_best = evaluation.accuracy, state.step, 0
         else:
             state.epochs_since_best += 1
-        if state.batches_done >= self.batches_per_epoch:  # not when --max-steps stopped inside the epoch
+        if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0
-            self.epoch_sums = self.zero_sums()
-        if self.checkpointer.due_at_epoch_end():
-            self.save_checkpoint()
+            self.sums = EpochSums(self.device)
+        self.checkpointer.maybe_save(state.step, epoch_end=True)  # train_epoch checked the health last
 
-    def log_step(self, epoch: int, step_in_epoch: int, loss: float, local_samples_per_second: float) -> None:
+    def start_log_interval(self) -> None:
+        """Progress lines report the loss and speed since the last one; the epoch's loss sum on the
+        device is read (a host sync) only when a line is due."""
+        self.logged_loss, self.interval_samples = self.sums.loss.item(), 0
+        self.interval_start = time.perf_counter()
+
+    def log_step(self, epoch: int, step_in_epoch: int) -> None:
+        loss_sum, elapsed = self.sums.loss.item(), time.perf_counter() - self.interval_start
+        loss = (loss_sum - self.logged_loss) / self.interval_samples
+        samples_per_second = self.interval_samples / elapsed * self.accelerator.num_processes
         lr = self.scheduler.get_last_lr()[0]
-        samples_per_second = local_samples_per_second * self.accelerator.num_processes
-        self.reporter.log_step(step_in_epoch, loss, lr, samples_per_second)
-        self.tracker.log(
-            "step",
-            self.state.step,
-            {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second},
-        )
+        self.console.log_step(step_in_epoch, loss, lr, samples_per_second)
+        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second}
+        self.tracker.log("step", self.state.step, row)
+        self.start_log_interval()
 
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
-        """Save the final model, print the summary, write summary.json."""
+        """Save the final model, print the summary, write summary.json, send the final results to W&B."""
         self.accelerator.wait_for_everyone()
-        if self.is_main and self.run_dir is not None:
-            save_model(self.module, self.config, self.run_dir / "model.safetensors")
+        writes = self.is_main and self.config.writes_files
+        if writes:
+            save_model(self.module, self.config, self.config.run_path / "model.safetensors")
         self.accelerator.wait_for_everyone()
-        state = self.state
-        results = {
-            "final_eval_accuracy": evaluation.accuracy,
-            "final_eval_loss": evaluation.loss,
-            "best_eval_accuracy": state.best_accuracy,
-            "epochs": state.epoch,
-            "steps": state.step,
-            "seconds": seconds,
-            **self.facts,
-        }
-        self.reporter.summary(
-            {
-                "final eval accuracy": f"{evaluation.accuracy:.2%}",
-                "best eval accuracy": f"{state.best_accuracy:.2%}",
-                "final eval loss": f"{evaluation.loss:.4f}",
-                "epochs": state.epoch,
-                "optimizer steps": state.step,
-                "seconds": seconds,
-                "run dir": str(self.run_dir) if self.run_dir else "(dry run: nothing written)",
-            }
-        )
+        results = final_results(self.state, evaluation, seconds, self.facts)
+        self.console.summary(results, self.config.run_dir if self.config.writes_files else None)
         self.tracker.summarize(results)
-        if self.is_main and self.run_dir is not None:
-            (self.run_dir / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
-        self.tracker.log_results(self.module, self.test_set, self.normalize, self.class_names, state.step)
+        if writes:
+            write_atomically(self.config.run_path / "summary.json", json.dumps(results, indent=2) + "\n")
+        self.log_predictions()
         return results
+
+    def log_predictions(self) -> None:
+        """W&B's confusion matrix and predictions table of the final model: one pass over the test set,
+        shared by every rank (as the evaluation is), only when the main process has a W&B run."""
+        wanted = [self.tracker.wants_predictions]
+        broadcast_object_list(wanted)  # only the main process knows; a no-op in a single process
+        if not wanted[0]:
+            return
+        predictions = predict_split(self.module, self.eval_shard, self.normalize, self.accelerator)
+        if self.is_main:
+            self.tracker.log_results(predictions, self.test_set.images, self.class_names, self.state.step)
 
     def close(self) -> None:
         self.tracker.close()

@@ -1,9 +1,14 @@
-"""Augmentation on the training device, a whole batch at a time (no per-image Python).
+"""Augmentation on the training device, a whole batch at a time, the same whatever the world size.
 
 Digit-like sets get random shifts of up to 2 pixels; CIFAR-10 gets the classic random crop
 (4 pixels of zero padding) and horizontal flip. Works on uint8 batches before normalization,
-so the padding is black background. Randomness comes from the global torch RNG, which is
-seeded and saved in checkpoints.
+so the padding is black background.
+
+Each sample's draws are a function of (seed, epoch, sample index) only: a counter-based generator
+(an integer hash of those numbers), not a random stream consumed in batch order. So an image gets
+the same shift and flip in a given epoch with 1 or 8 processes, any batch size per process,
+gradient accumulation, either loader, and after a resume in the middle of the epoch; and the
+global RNG (weights, dropout) is left alone.
 """
 
 import torch
@@ -13,24 +18,56 @@ import torch.nn.functional as F
 POLICIES = {"cifar10": (4, True)}
 DEFAULT_POLICY = (2, False)  # digits, mnist, fashion-mnist, mnist-pkl: no flips (a flipped 2 is no 2)
 
+MASK = 0xFFFFFFFF  # values are kept in [0, 2^32) inside int64 tensors
+STREAMS = 3  # independent draws per sample: dy, dx, flip
 
-def random_shift(images: torch.Tensor, max_shift: int, flip: bool) -> torch.Tensor:
-    """Each image moved by its own (dy, dx) in [-max_shift, max_shift], optionally mirrored."""
+
+def hash32(x):
+    """A 32-bit integer hash (xor-shift-multiply) of a Python int or of int64 tensor values in [0, 2^32),
+    the same bits on every device. Both multipliers are below 2^31, so no product leaves int64's range."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & MASK
+    return x ^ (x >> 16)
+
+
+def sample_draws(indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """int64 (N, STREAMS) of uniform 32-bit values for the samples `indices` (dataset positions) in `epoch`."""
+    key = hash32(hash32(seed & MASK) ^ (epoch & MASK))  # a Python int: one per (seed, epoch)
+    streams = torch.arange(STREAMS, device=indices.device)
+    counters = (indices.long()[:, None] * STREAMS + streams) & MASK  # (N, STREAMS): one counter per draw
+    return hash32(hash32(counters ^ key) ^ key)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, flip: bool, draws: torch.Tensor) -> torch.Tensor:
+    """Each image moved by its own (dy, dx) in [-max_shift, max_shift], optionally mirrored.
+
+    `draws`: int64 (N, STREAMS) from `sample_draws`, one row per image.
+    """
     n, c, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)  # (N, C, H + 2s, W + 2s)
-    dy = torch.randint(0, 2 * max_shift + 1, (n, 1), device=images.device)
-    dx = torch.randint(0, 2 * max_shift + 1, (n, 1), device=images.device)
+    dy = (draws[:, 0:1] % (2 * max_shift + 1)).to(images.device)  # (N, 1): the padded window's top row
+    dx = (draws[:, 1:2] % (2 * max_shift + 1)).to(images.device)
     rows = (torch.arange(h, device=images.device) + dy)[:, None, :, None]  # (N, 1, H, 1)
     cols = (torch.arange(w, device=images.device) + dx)[:, None, None, :]  # (N, 1, 1, W)
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     channel = torch.arange(c, device=images.device)[None, :, None, None]
     shifted = padded[batch, channel, rows, cols]  # (N, C, H, W): one gather for the whole batch
     if flip:
-        mirror = torch.rand(n, device=images.device) < 0.5
+        mirror = (draws[:, 2] & 1).bool().to(images.device)
         shifted = torch.where(mirror[:, None, None, None], shifted.flip(3), shifted)
     return shifted
 
 
-def augmenter(dataset: str):
-    max_shift, flip = POLICIES.get(dataset, DEFAULT_POLICY)
-    return lambda images: random_shift(images, max_shift, flip)
+class Augmenter:
+    """The dataset's policy, drawn per sample from (seed, epoch, sample index)."""
+
+    def __init__(self, dataset: str, seed: int):
+        self.max_shift, self.flip = POLICIES.get(dataset, DEFAULT_POLICY)
+        self.seed = seed
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """uint8 (N, C, H, W) images of the dataset positions `indices` (N,), augmented for `epoch`."""
+        draws = sample_draws(indices, self.seed, epoch)
+        return random_shift(images, self.max_shift, self.flip, draws)

@@ -5,9 +5,21 @@ from pathlib import Path
 
 from mnist_dist.data import digits
 from mnist_dist.data.images import DatasetInfo, ImageSet
+from mnist_dist.data.pickles import read_mnist_pkl
 from mnist_dist.errors import DatasetError
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGIT_CLASSES = digits.CLASS_NAMES
 
@@ -33,7 +45,9 @@ class Data:
 def load_dataset_main_first(config, accelerator) -> Data:
     """`load_dataset` for a job: the main process downloads or unpacks first; the others then read."""
     with accelerator.main_process_first():
-        return load_dataset(config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process)
+        return load_dataset(
+            config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process
+        )
 
 
 def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Data:
@@ -42,15 +56,16 @@ def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Da
     writes the digits cache) while the others wait, then they read what it wrote."""
     root = Path(data_dir)
     if name == "digits":
-        arrays = digits.load_digits(root)
-        return _as_data(name, arrays)
+        return _as_data(name, digits.load_digits(root))
+    if name == "mnist-pkl":
+        return _as_data(name, read_mnist_pkl(Path(data_file)))
     from mnist_dist.data import files  # imports torchvision (about 1 s), which digits runs do without
 
-    if name == "mnist-pkl":
-        arrays = files.read_mnist_pkl(Path(data_file))
-    else:
-        tv_root = files.prepare_torchvision_files(name, root, download)
-        arrays = (*files.read_torchvision_split(name, tv_root, train=True), *files.read_torchvision_split(name, tv_root, train=False))
+    tv_root = files.prepare_torchvision_files(name, root, download)
+    arrays = (
+        *files.read_torchvision_split(name, tv_root, train=True),
+        *files.read_torchvision_split(name, tv_root, train=False),
+    )
     return _as_data(name, arrays)
 
 
@@ -62,6 +77,8 @@ def _as_data(name: str, arrays: tuple) -> Data:
         assert tuple(images.shape[1:]) == expected, f"{name}: images {tuple(images.shape)} != (N, {expected})"
     for split, labels in (("train", train_labels), ("test", test_labels)):
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
-            raise DatasetError(f"{name}: the {split} labels run from {int(labels.min())} to {int(labels.max())}, "
-                               f"outside 0..{info.num_classes - 1}: the label file is corrupt; replace it.")
+            raise DatasetError(
+                f"{name}: the {split} labels run from {int(labels.min())} to {int(labels.max())}, "
+                f"outside 0..{info.num_classes - 1}: the label file is corrupt; replace it."
+            )
     return Data(ImageSet(train_images, train_labels), ImageSet(test_images, test_labels), info)

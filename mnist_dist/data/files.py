@@ -2,13 +2,12 @@
 
 IDX files (MNIST, Fashion-MNIST) and CIFAR-10's python batches live in torchvision's layout under
 a data dir; `prepare_torchvision_files` puts them there (main process only), then every rank calls
-`read_torchvision_split`. `read_mnist_pkl` reads the single-file mnist.pkl.gz of many tutorials.
+`read_torchvision_split`. The single-file mnist.pkl.gz of many tutorials is read by data/pickles.py.
 """
 
 import gzip
 import math
 import os
-import pickle
 import shutil
 import struct
 import tarfile
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torchvision
 
+from mnist_dist.data.pickles import SafeUnpickler
 from mnist_dist.errors import DatasetError
 
 # Folders where distributions install dataset files; searched before any download.
@@ -116,8 +116,10 @@ def _extract_cifar(archive: Path, folder: Path) -> None:
                 for member in tar.getmembers():
                     escapes = member.name.startswith("/") or ".." in Path(member.name).parts
                     if escapes or not (member.isfile() or member.isdir()):
-                        raise DatasetError(f"refusing to extract {archive}: member {member.name!r} is not a plain "
-                                           "file inside the archive; replace it with the official archive")
+                        raise DatasetError(
+                            f"refusing to extract {archive}: member {member.name!r} is not a plain "
+                            "file inside the archive; replace it with the official archive"
+                        )
                 # filter="data" re-checks the same and keeps Python >= 3.12 from warning.
                 tar.extractall(scratch, filter="data")
         except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
@@ -151,8 +153,9 @@ def _download_or_fail(name: str, data_dir: Path, download: bool, tried: str) -> 
             reason = f"the download failed ({type(error).__name__}: {' '.join(str(error).split())})"
     else:
         reason = "downloading is off"
-    raise DatasetError(f"{name}: dataset files not found and {reason}. Looked for {tried}. "
-                       f"To supply them: {INSTALL_HINTS[name]}")
+    raise DatasetError(
+        f"{name}: dataset files not found and {reason}. Looked for {tried}. To supply them: {INSTALL_HINTS[name]}"
+    )
 
 
 def read_torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +171,10 @@ def read_torchvision_split(name: str, root: Path, train: bool) -> tuple[torch.Te
     num_images = _check_idx(images_path, IMAGES_MAGIC, dims=3)
     num_labels = _check_idx(labels_path, LABELS_MAGIC, dims=1)
     if num_images != num_labels:
-        raise DatasetError(f"{images_path} holds {num_images} images but {labels_path} holds {num_labels} "
-                           "labels; re-download or replace both files")
+        raise DatasetError(
+            f"{images_path} holds {num_images} images but {labels_path} holds {num_labels} "
+            "labels; re-download or replace both files"
+        )
     dataset = dataset_class(root, train=train, download=False)
     return dataset.data.unsqueeze(1), dataset.targets.to(torch.int64)  # (N, 28, 28) -> (N, 1, 28, 28)
 
@@ -187,13 +192,16 @@ def _check_idx(path: Path, magic: int, dims: int) -> int:
         raise DatasetError(f"{path} is too short to hold an IDX header; {fix}")
     found, count, *item_shape = struct.unpack(f">{1 + dims}I", header)
     if found != magic:
-        raise DatasetError(f"{path} is not an IDX {kind} file: magic number 0x{found:08x}, "
-                           f"expected 0x{magic:08x}; {fix}")
+        raise DatasetError(
+            f"{path} is not an IDX {kind} file: magic number 0x{found:08x}, expected 0x{magic:08x}; {fix}"
+        )
     item_size = math.prod(item_shape)  # 28 * 28 bytes per image, 1 per label
     if size != len(header) + count * item_size:
         actual = (size - len(header)) // max(item_size, 1)
-        raise DatasetError(f"{path} holds {actual} {kind} but its header declares {count} "
-                           f"({size} bytes, expected {len(header) + count * item_size}); {fix}")
+        raise DatasetError(
+            f"{path} holds {actual} {kind} but its header declares {count} "
+            f"({size} bytes, expected {len(header) + count * item_size}); {fix}"
+        )
     return count
 
 
@@ -221,76 +229,3 @@ def _read_cifar(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(data)
         labels.extend(targets)
     return torch.from_numpy(np.concatenate(images)).reshape(-1, 3, 32, 32), torch.tensor(labels, dtype=torch.int64)
-
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    """How Python 3 pickles bytes under protocol 2: _codecs.encode(text, "latin1"), and nothing else."""
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"unexpected encoding {encoding!r} in _codecs.encode")
-    return text.encode("latin1")
-
-
-# All a pickled numpy array needs; numpy >= 2 moved numpy.core to numpy._core.
-NUMPY_ARRAY_PARTS = {
-    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): np._core.multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): np._core.multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_bytes,
-}
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, lists, dicts and numbers only: a dataset pickle must not run code."""
-
-    def __init__(self, file, path: Path):
-        super().__init__(file, encoding="latin1")  # the classic files were pickled by Python 2
-        self.path = path
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in NUMPY_ARRAY_PARTS:
-            raise DatasetError(f"refusing to load {self.path}: the file asks to import {module}.{name}, but "
-                               "dataset pickles contain only numpy arrays; replace it with a trusted copy")
-        return NUMPY_ARRAY_PARTS[module, name]
-
-
-def read_mnist_pkl(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read mnist.pkl.gz (deeplearning.net / Nielsen) as train images, train labels, test images, test labels.
-
-    The file holds (train, valid, test) splits of (float32 (n, 784) in 0..1, labels (n,));
-    train + valid (50,000 + 10,000) give back the 60,000 training images of the original MNIST.
-    """
-    if not path.is_file():
-        raise DatasetError(f"{path} not found; pass --data-file path/to/mnist.pkl.gz")
-    try:
-        with gzip.open(path, "rb") as stream:
-            splits = SafeUnpickler(stream, path).load()
-    except DatasetError:
-        raise
-    except (OSError, EOFError, zlib.error) as error:
-        raise DatasetError(f"{path} is not a readable gzip file ({error}); re-download mnist.pkl.gz") from None
-    except Exception as error:
-        raise DatasetError(f"{path} is not a valid pickle ({error}); re-download mnist.pkl.gz") from None
-    if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
-        raise DatasetError(f"{path} should hold a tuple (train, valid, test), got {type(splits).__name__}; "
-                           "re-download mnist.pkl.gz")
-    (train_images, train_labels), (valid_images, valid_labels), (test_images, test_labels) = (
-        _pkl_split(path, split, which) for split, which in zip(splits, ("train", "valid", "test")))
-    return torch.cat([train_images, valid_images]), torch.cat([train_labels, valid_labels]), test_images, test_labels
-
-
-def _pkl_split(path: Path, split, which: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        images, labels = split
-        images, labels = np.asarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int64)
-        found = f"images {images.shape} and labels {labels.shape}"
-        valid = images.ndim == 2 and images.shape[1] == 28 * 28 and labels.shape == (len(images),)
-    except (TypeError, ValueError) as error:
-        found, valid = str(error), False
-    if not valid:
-        raise DatasetError(f"{path}: the {which} split should be (images (n, 784), labels (n,)), got {found}; "
-                           "re-download mnist.pkl.gz")
-    pixels = torch.from_numpy(images).mul(255).round().clamp(0, 255).to(torch.uint8)
-    return pixels.reshape(-1, 1, 28, 28), torch.from_numpy(labels)

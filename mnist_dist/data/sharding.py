@@ -37,24 +37,6 @@ def eval_batches(num_samples: int, batch_size: int, rank: int, world_size: int) 
     ]
 
 
-def train_loader(dataset: ImageSet, batch_size: int, indices: list[int], num_workers: int) -> DataLoader:
-    """Batches of `indices` in order (from `train_indices`, possibly minus a resumed prefix).
-
-    This loader must not go through accelerator.prepare, which would shard it a second time; the
-    trainer moves batches to the device itself. Its own generator keeps the DataLoader from
-    drawing on the global RNG, whose state a checkpoint restores.
-    """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=indices,
-        num_workers=num_workers,
-        collate_fn=collate_batched,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator(),
-    )
-
-
 @dataclass
 class EvalShard:
     """This rank's evaluation batches and their global batch numbers (for an exact, ordered reduce)."""

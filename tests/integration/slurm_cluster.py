@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import free_port
+from helpers import free_port
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 FINISHED = {

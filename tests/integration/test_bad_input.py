@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error
+from helpers import assert_clean_error
 
 
 def test_bad_flag_value(train):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from helpers import run_script
 
 PROBE = "tests/integration/probe_sharding.py"
 

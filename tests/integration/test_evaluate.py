@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_error, error_lines, run_script, summary, train_into
+from helpers import REPO, assert_clean_error, error_lines, run_script, summary, train_into
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 

@@ -5,61 +5,26 @@ Each node runs its own torchrun, as launch/slurm/multi_node.sbatch does on a clu
 node rank x 2 + local rank, so every rank sees the same shard as in the one-node run.
 """
 
-import os
 import subprocess
 from pathlib import Path
 
 import psutil
 import torch
-from conftest import BIN, REPO, free_port, summary
+from helpers import deterministic_args, free_port, start_script, summary
 from safetensors.torch import load_file
 
 # 30 optimizer steps of 4 x 32 samples: short, since 4 processes share 2 cores here.
-ARGS = [
-    "--model",
-    "lenet",
-    "--dataset",
-    "digits",
-    "--batch-size",
-    "32",
-    "--max-steps",
-    "30",
-    "--epochs",
-    "1",
-    "--deterministic",
-    "--lr",
-    "0.05",
-    "--no-checkpoint-epochs",
-    "--wandb",
-    "disabled",
-]
+ARGS = deterministic_args(30, "--no-checkpoint-epochs", "--wandb", "disabled")
 
 
 def torchrun(
     nnodes: int, node_rank: int, nproc_per_node: int, port: int, run_dir: Path, data_dir: Path
 ) -> subprocess.Popen:
-    command = [
-        str(BIN / "torchrun"),
-        "--nnodes",
-        str(nnodes),
-        "--node-rank",
-        str(node_rank),
-        "--nproc-per-node",
-        str(nproc_per_node),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
-        "train.py",
-        *ARGS,
-        "--data-dir",
-        str(data_dir),
-        "--run-dir",
-        str(run_dir),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """One node's torchrun, its workers' stderr merged into stdout."""
+    rendezvous = ["--nnodes", str(nnodes), "--node-rank", str(node_rank)]
+    rendezvous += ["--master-addr", "127.0.0.1", "--master-port", str(port)]
+    args = [*ARGS, "--data-dir", data_dir, "--run-dir", run_dir]
+    return start_script("train.py", args, nproc_per_node, rendezvous=rendezvous, stderr=subprocess.STDOUT)
 
 
 def finish(*launchers: subprocess.Popen, timeout: float = 300) -> None:

@@ -14,39 +14,19 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from conftest import REPO, assert_same_weights, launch_command, metrics_rows
+from helpers import assert_same_weights, deterministic_args, metrics_rows, start_script
 from safetensors.torch import load_file
 
 # 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40.
-ARGS = [
-    "--model",
-    "lenet",
-    "--dataset",
-    "digits",
-    "--batch-size",
-    "32",
-    "--max-steps",
-    "240",
-    "--epochs",
-    "1",
-    "--checkpoint-every",
-    "40",
-    "--deterministic",
-    "--lr",
-    "0.05",
-    "--wandb",
-    "disabled",
-]
+ARGS = deterministic_args(240, "--checkpoint-every", "40", "--wandb", "disabled")
 WEIGHTS_DIFFER = "weights differ from the uninterrupted run"
 
 
-def start(run_dir: Path, data_dir: Path, processes: int, extra=(), launcher_args=()) -> subprocess.Popen:
-    command = launch_command("train.py", processes, "python" if processes == 1 else "torchrun")
-    if launcher_args:  # replace the fixed rendezvous address with these torchrun options
-        command = [command[0], *launcher_args, "--nproc_per_node", str(processes), "train.py"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    full = command + ARGS + ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *extra]
-    return subprocess.Popen(full, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(run_dir: Path, data_dir: Path, processes: int, extra=(), rendezvous=None) -> subprocess.Popen:
+    """train.py in the background: python for 1 process, torchrun otherwise (`rendezvous`: its options in place
+    of the fixed rendezvous address). One thread a process in every run of this module, 1-process runs included."""
+    args = [*ARGS, "--data-dir", data_dir, "--run-dir", run_dir, *extra]
+    return start_script("train.py", args, processes, env={"OMP_NUM_THREADS": "1"}, rendezvous=rendezvous)
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -125,6 +105,15 @@ def test_sigkill_then_resume_is_exact_with_batchnorm_on_two_processes(data_dir, 
     assert_same_run(tmp_path / "run", tmp_path / "reference", 2)
 
 
+def test_sigkill_then_resume_is_exact_with_augmentation_on_two_processes(data_dir, tmp_path):
+    # Each sample's shift comes from (seed, epoch, index): the resumed half-epoch draws the same ones.
+    extra = ["--augment"]
+    code, _, stderr = run(tmp_path / "reference", data_dir, 2, extra)
+    assert code == 0, stderr[-3000:]
+    kill_mid_epoch_then_resume(tmp_path / "run", data_dir, 2, extra)
+    assert_same_run(tmp_path / "run", tmp_path / "reference", 2)
+
+
 def test_sigterm_on_one_rank_checkpoints_all_ranks_and_exits_3(uninterrupted, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = start(run_dir, data_dir, 2)
@@ -155,7 +144,7 @@ def test_sigterm_alone_exits_3_with_a_checkpoint(data_dir, tmp_path):
 
 def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(run_dir, data_dir, 2, launcher_args=["--max-restarts", "1", "--standalone"])
+    process = start(run_dir, data_dir, 2, rendezvous=["--max-restarts", "1", "--standalone"])
     wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
     next(p for p in workers(process) if p.environ().get("RANK") == "1").kill()
     code, stdout, stderr = finish(process)

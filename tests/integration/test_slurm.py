@@ -18,29 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_same_weights, metrics_rows, summary
+from helpers import REPO, assert_same_weights, deterministic_args, metrics_rows, summary
 from slurm_cluster import SlurmCluster, leftover_processes, missing_programs
 
 SCRIPTS = REPO / "launch" / "slurm"
 # 240 optimizer steps of 2 x 32 samples inside the first epoch, a checkpoint every 40: about 5 s of
 # training on 2 cores, after about 10 s of start-up.
-ARGS = [
-    "--model",
-    "lenet",
-    "--dataset",
-    "digits",
-    "--batch-size",
-    "32",
-    "--max-steps",
-    "240",
-    "--epochs",
-    "1",
-    "--checkpoint-every",
-    "40",
-    "--deterministic",
-    "--lr",
-    "0.05",
-]
+ARGS = deterministic_args(240, "--checkpoint-every", "40")
 WEIGHTS_DIFFER = "weights differ from the uninterrupted job"
 
 

@@ -1,12 +1,14 @@
 """End-to-end training runs with real processes: accuracy bars, files written, DDP equivalence."""
 
 import os
+import pickle
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, metrics_rows, summary
+from helpers import REPO, metrics_rows, summary
 from safetensors.torch import load_file
 
 from mnist_dist.cli import load_yaml
@@ -33,32 +35,18 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     assert "final eval accuracy" in result.stdout  # the summary table
 
 
-def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
+# SGD without momentum, schedule, smoothing or decay: what each step does depends only on its batch.
+SAME_STEPS = "--model lenet --optimizer sgd --lr 0.05 --schedule none --label-smoothing 0 --weight-decay 0".split()
+
+
+def assert_the_same_steps(train, *options: str, atol: float = 1e-5) -> None:
     """1 process x batch 100 == 1 process x 2 x batch 50 accumulated == 2 processes x batch 50,
     and the resident and DataLoader paths give identical weights.
 
     DistributedSampler deals one permutation round-robin, so 2 ranks x 50 images cover exactly the
     100 images of the 1-process batch; DDP averages their gradients. The weights must agree.
     """
-    common = [
-        "--model",
-        "lenet",
-        "--dataset",
-        "digits",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.05",
-        "--schedule",
-        "none",
-        "--label-smoothing",
-        "0",
-        "--weight-decay",
-        "0",
-        "--max-steps",
-        "15",
-        "--deterministic",
-    ]
+    common = [*SAME_STEPS, "--deterministic", *options]
     _, single = train(*common, "--batch-size", "100")  # the resident path (auto on CPU)
     _, classic = train(*common, "--batch-size", "100", "--loader", "dataloader")
     _, accumulated = train(*common, "--batch-size", "50", "--grad-accum-steps", "2")
@@ -71,8 +59,40 @@ def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
     for other in (accumulated, distributed):
         weights = load_file(other / "model.safetensors")
         for name, tensor in reference.items():
-            torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-5)
-    assert summary(distributed)["steps"] == summary(single)["steps"] == 15
+            torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=atol)
+    assert summary(distributed)["steps"] == summary(single)["steps"]
+
+
+def test_one_process_two_processes_and_accumulation_take_the_same_steps(train):
+    assert_the_same_steps(train, "--dataset", "digits", "--max-steps", "15")
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory) -> Path:
+    """A small CIFAR-10 in its official python-batch format: 5 x 80 training images, 40 test images."""
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    folder.mkdir()
+    generator = np.random.default_rng(0)
+    for name, count in [*((f"data_batch_{i}", 80) for i in range(1, 6)), ("test_batch", 40)]:
+        pixels = generator.integers(0, 256, (count, 3072), dtype=np.uint8)  # rows of 3 x 32 x 32
+        batch = {b"data": pixels, b"labels": generator.integers(0, 10, count).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder.parent
+
+
+@pytest.mark.parametrize("dataset", ["digits", "cifar10"])
+def test_augmentation_is_the_same_whatever_the_processes_batches_or_loader(train, cifar_dir, dataset):
+    """Each sample's shift (and CIFAR-10's flip) is drawn from (seed, epoch, index), not per rank.
+
+    The tolerance is 1e-4: the layouts feed bit-identical images (tests/unit/test_augment.py), but
+    in one of them a rounding difference of 1e-8 can tip a max-pool or ReLU the other way. Measured
+    on digits, 6 steps, seed 0: 3e-5 with accumulation, 2e-8 on 2 processes; per-rank random draws
+    (the earlier augmentation) gave 4e-3 and 5e-3.
+    """
+    data = ["--data-dir", cifar_dir] if dataset == "cifar10" else []
+    assert_the_same_steps(train, "--augment", "--dataset", dataset, "--max-steps", "6", *data, atol=1e-4)
 
 
 def test_fashion_mnist_lenet_one_epoch_reaches_80_percent(train):

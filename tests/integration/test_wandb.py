@@ -9,34 +9,19 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, assert_same_weights, metrics_rows, summary, train_into
+from helpers import REPO, assert_same_weights, metrics_rows, summary, train_into
 
 pytest.importorskip("wandb", reason="these tests read what the real wandb package writes")
 from wandb_files import offline_runs  # noqa: E402
 
 from mnist_dist.cli import build_parser  # noqa: E402
 from mnist_dist.config import make_config  # noqa: E402
-from mnist_dist.wandb_run import STATE_FILE, wandb_names  # noqa: E402
+from mnist_dist.wandb_session import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
 # digits: 20,000 training images; 2 processes x 500 = 20 steps per epoch, so 25 steps end 2 epochs.
-TWO_PROCESS = [
-    *SHORT,
-    "--max-steps",
-    "25",
-    "--epochs",
-    "2",
-    "--log-every",
-    "5",
-    "--wandb",
-    "offline",
-    "--wandb-group",
-    "smoke",
-    "--wandb-tags",
-    "ci,linear",
-    "--wandb-notes",
-    "two processes",
-]
+TWO_PROCESS = [*SHORT, "--max-steps", "25", "--epochs", "2", "--log-every", "5", "--wandb", "offline"]
+TWO_PROCESS += ["--wandb-group", "smoke", "--wandb-tags", "ci,linear", "--wandb-notes", "two processes"]
 
 
 @pytest.fixture(scope="module")
@@ -138,18 +123,8 @@ def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two
 
 def test_resumed_job_continues_the_same_run_and_its_steps_never_go_back(tmp_path, data_dir, wandb_env):
     run_dir = tmp_path / "run"
-    args = [
-        *SHORT,
-        "--wandb",
-        "offline",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "2",
-        "--no-checkpoint-epochs",
-        "--schedule",
-        "none",
-    ]
+    args = [*SHORT, "--wandb", "offline", "--log-every", "1", "--checkpoint-every", "2", "--no-checkpoint-epochs"]
+    args += ["--schedule", "none"]
     train_into(run_dir, data_dir, *args, "--max-steps", "4", env=wandb_env)
     # A crash after step 4 was logged but before its checkpoint was complete: the job restarts from step 2.
     shutil.rmtree(run_dir / "checkpoints" / "step-000004")
@@ -250,7 +225,7 @@ from PIL import Image
 
 from mnist_dist.trained_run import load_run
 from mnist_dist.eval_report import build_metrics
-from mnist_dist.wandb_run import log_evaluation
+from mnist_dist.wandb_media import log_evaluation
 
 run_dir, into = Path(sys.argv[1]), sys.argv[2]
 run = load_run(str(run_dir))

@@ -1,6 +1,6 @@
 """W&B is optional: offline runs write their files; without the package, training still completes."""
 
-from conftest import REPO
+from helpers import REPO
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--max-steps", "3", "--batch-size", "500"]
 

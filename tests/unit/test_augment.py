@@ -1,15 +1,17 @@
-"""Device-side augmentation: shifts move pixels without changing them, flips mirror, seeds repeat."""
+"""Device-side augmentation: shifts move pixels without changing them, flips mirror, and each sample's
+transform depends on (seed, epoch, sample index) alone: not on its batch, its rank or the loader."""
 
 import torch
 
-from mnist_dist.data.augment import augmenter, random_shift
+from mnist_dist.data.augment import Augmenter, random_shift, sample_draws
+from mnist_dist.data.images import ImageSet
+from mnist_dist.data.loaders import DataLoaderBatches, ResidentBatches
 
 
 def test_a_shift_moves_a_pixel_by_at_most_the_limit_and_keeps_its_value():
     images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
     images[:, 0, 14, 14] = 200
-    torch.manual_seed(0)
-    shifted = random_shift(images, 2, flip=False)
+    shifted = random_shift(images, 2, False, sample_draws(torch.arange(64), seed=0, epoch=0))
     assert shifted.shape == images.shape and shifted.dtype == torch.uint8
     rows, cols = (shifted[:, 0] == 200).nonzero()[:, 1:].T
     assert len(rows) == 64 and rows.sub(14).abs().max() <= 2 and cols.sub(14).abs().max() <= 2
@@ -18,17 +20,45 @@ def test_a_shift_moves_a_pixel_by_at_most_the_limit_and_keeps_its_value():
 
 def test_zero_shift_with_flip_mirrors_about_half_the_batch():
     images = torch.arange(32 * 3 * 4 * 4, dtype=torch.int64).view(32, 3, 4, 4)
-    torch.manual_seed(1)
-    out = random_shift(images, 0, flip=True)
+    out = random_shift(images, 0, True, sample_draws(torch.arange(32), seed=1, epoch=0))
     mirrored = [torch.equal(out[i], images[i].flip(2)) for i in range(32)]
     kept = [torch.equal(out[i], images[i]) for i in range(32)]
     assert all(m or k for m, k in zip(mirrored, kept)) and 4 < sum(mirrored) < 28
 
 
-def test_the_same_seed_gives_the_same_batch():
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    augment = augmenter("cifar10")
-    torch.manual_seed(5)
-    first = augment(images)
-    torch.manual_seed(5)
-    assert torch.equal(first, augment(images))
+def test_draws_are_uniform_enough_and_differ_by_seed_and_epoch():
+    draws = sample_draws(torch.arange(10_000), seed=3, epoch=0)
+    shifts = torch.bincount((draws[:, 0] % 5).flatten(), minlength=5)
+    assert shifts.min() > 1_800 and shifts.max() < 2_200  # 2,000 each for a uniform draw
+    assert 4_800 < int((draws[:, 2] & 1).sum()) < 5_200
+    assert not torch.equal(draws, sample_draws(torch.arange(10_000), seed=4, epoch=0))
+    assert not torch.equal(draws, sample_draws(torch.arange(10_000), seed=3, epoch=1))
+    assert torch.equal(draws, sample_draws(torch.arange(10_000), seed=3, epoch=0))
+
+
+def test_a_sample_gets_the_same_transform_in_any_batch_position_or_batch():
+    augment = Augmenter("cifar10", seed=7)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    indices = torch.arange(1000, 1040)
+    whole = augment(images, indices, epoch=2)
+    order = torch.randperm(40)
+    shuffled = torch.cat([augment(images[part], indices[part], epoch=2) for part in order.split(7)])
+    assert torch.equal(shuffled, whole[order])
+    assert not torch.equal(augment(images, indices, epoch=3), whole)
+
+
+def test_ranks_loaders_and_batch_sizes_see_the_same_augmented_samples():
+    """Sample i in epoch e looks the same on rank 0 or 1 of 2 at batch 8, alone at batch 16, on either path."""
+    dataset = ImageSet(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8), torch.arange(64))
+    cpu = torch.device("cpu")
+    seen = {}
+    for kind, batch_size, world_size in ((ResidentBatches, 16, 1), (ResidentBatches, 8, 2), (DataLoaderBatches, 8, 2)):
+        for rank in range(world_size):
+            loader = kind(dataset, batch_size, cpu, rank, world_size, seed=11)
+            loader.augment = Augmenter("digits", seed=11)
+            loader.set_epoch(5)
+            for images, labels in loader:  # labels are the samples' indices here
+                for image, index in zip(images, labels.tolist()):
+                    assert torch.equal(seen.setdefault(index, image), image), index
+    assert len(seen) == 64
+    assert sum(not torch.equal(seen[i], dataset.images[i]) for i in range(64)) > 40  # most images moved

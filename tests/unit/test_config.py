@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from mnist_dist.cli import load_yaml, parse_config, save_yaml
 from mnist_dist.config import MODELS, Config, make_config

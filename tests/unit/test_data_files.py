@@ -15,7 +15,8 @@ import torch
 import torchvision
 
 from mnist_dist.data import files
-from mnist_dist.data.files import prepare_torchvision_files, read_mnist_pkl, read_torchvision_split
+from mnist_dist.data.files import prepare_torchvision_files, read_torchvision_split
+from mnist_dist.data.pickles import read_mnist_pkl
 from mnist_dist.errors import DatasetError
 
 NUM_TRAIN, NUM_TEST = 20, 10
@@ -270,35 +271,39 @@ def test_failed_download_is_one_dataset_error(tmp_path, monkeypatch):
         prepare_torchvision_files("mnist", tmp_path, download=True)
 
 
+def assert_reading_fails(folder: Path, overrides: dict, match: str, train: bool = True) -> None:
+    """Fake MNIST files with `overrides` in place of some: preparing them passes, reading the split fails."""
+    write_idx_files(folder, **overrides)
+    prepare_torchvision_files("mnist", folder, download=False)
+    with pytest.raises(DatasetError, match=match):
+        read_torchvision_split("mnist", folder, train=train)
+
+
 def test_wrong_idx_magic_names_the_file(tmp_path):
     images, _labels = fake_split(NUM_TRAIN)
-    write_idx_files(tmp_path, **{"train-images-idx3-ubyte": idx_bytes(images[:, 0], 0x00000801)})
-    prepare_torchvision_files("mnist", tmp_path, download=False)
-    with pytest.raises(
-        DatasetError,
-        match=r"train-images-idx3-ubyte is not an IDX images file: magic number "
-        r"0x00000801, expected 0x00000803; re-download",
-    ):
-        read_torchvision_split("mnist", tmp_path, train=True)
+    assert_reading_fails(
+        tmp_path,
+        {"train-images-idx3-ubyte": idx_bytes(images[:, 0], 0x00000801)},
+        r"train-images-idx3-ubyte is not an IDX images file: magic number 0x00000801, expected 0x00000803; re-download",
+    )
 
 
 def test_fewer_images_than_the_header_declares(tmp_path):
     images, _labels = fake_split(NUM_TRAIN)
-    write_idx_files(tmp_path, **{"train-images-idx3-ubyte": idx_bytes(images[:, 0], 0x803, count=NUM_TRAIN + 5)})
-    prepare_torchvision_files("mnist", tmp_path, download=False)
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte holds 20 images but its header declares 25"):
-        read_torchvision_split("mnist", tmp_path, train=True)
+    assert_reading_fails(
+        tmp_path,
+        {"train-images-idx3-ubyte": idx_bytes(images[:, 0], 0x803, count=NUM_TRAIN + 5)},
+        r"train-images-idx3-ubyte holds 20 images but its header declares 25",
+    )
 
 
 def test_label_count_must_match_image_count(tmp_path):
-    write_idx_files(tmp_path, **{"t10k-labels-idx1-ubyte": idx_bytes(np.zeros(NUM_TEST - 1), 0x801)})
-    prepare_torchvision_files("mnist", tmp_path, download=False)
-    with pytest.raises(
-        DatasetError,
-        match=r"t10k-images-idx3-ubyte holds 10 images but .*t10k-labels-idx1-ubyte "
-        r"holds 9 labels",
-    ):
-        read_torchvision_split("mnist", tmp_path, train=False)
+    assert_reading_fails(
+        tmp_path,
+        {"t10k-labels-idx1-ubyte": idx_bytes(np.zeros(NUM_TEST - 1), 0x801)},
+        r"t10k-images-idx3-ubyte holds 10 images but .*t10k-labels-idx1-ubyte holds 9 labels",
+        train=False,
+    )
 
 
 def test_corrupt_gzip_names_the_file(tmp_path):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mnist_dist.data.images import DatasetInfo, ImageSet, Normalizer
+from mnist_dist.data.loaders import DataLoaderBatches, ResidentBatches, accumulation_groups
 from mnist_dist.data.sharding import eval_batches, train_indices, train_sampler
-from mnist_dist.trainer import accumulation_groups
 
 
 def image_set(size: int) -> ImageSet:
@@ -64,15 +64,27 @@ def test_accumulation_groups_keep_every_batch_in_order():
 
 
 def test_resident_and_dataloader_paths_yield_the_same_batches():
-    from mnist_dist.data.resident import ResidentLoader
-    from mnist_dist.data.sharding import train_loader
-
     images = torch.randint(0, 256, (103, 1, 4, 4), dtype=torch.uint8)
     dataset = ImageSet(images, torch.arange(103) % 10)
+    cpu = torch.device("cpu")
     for rank in range(2):
-        indices = train_indices(train_sampler(dataset, rank, 2, seed=5), epoch=3)
-        resident = list(ResidentLoader(dataset, torch.device("cpu")).batches(indices, 16))
-        classic = list(train_loader(dataset, 16, indices, num_workers=0))
+        resident, classic = (kind(dataset, 16, cpu, rank, 2, seed=5) for kind in (ResidentBatches, DataLoaderBatches))
+        for loader in (resident, classic):
+            loader.set_epoch(3)
         assert len(resident) == len(classic) == 4  # 52 samples per rank: 3 full batches and 4
-        for (a_images, a_labels), (b_images, b_labels) in zip(resident, classic):
+        batches = list(zip(resident, classic))
+        assert len(batches) == 4
+        for (a_images, a_labels), (b_images, b_labels) in batches:
             assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
+        indices = train_indices(train_sampler(dataset, rank, 2, seed=5), epoch=3)
+        assert torch.equal(batches[0][0][1], dataset.labels[indices[:16]])  # the sampler's order
+
+
+def test_a_resumed_epoch_skips_the_batches_already_trained():
+    dataset = ImageSet(torch.randint(0, 256, (100, 1, 4, 4), dtype=torch.uint8), torch.arange(100) % 10)
+    loader = ResidentBatches(dataset, 16, torch.device("cpu"), 0, 1, seed=1)
+    loader.set_epoch(2)
+    whole = [labels for _, labels in loader]
+    loader.set_epoch(2, skip_batches=4)
+    assert len(loader) == len(whole) - 4 == 3 and loader.batches_per_epoch == 7
+    assert all(torch.equal(a, b) for a, b in zip(whole[4:], (labels for _, labels in loader)))

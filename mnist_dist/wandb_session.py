@@ -1,15 +1,16 @@
-"""Weights & Biases: one run per training job, a complete run page, resumable, never in the way.
+"""Weights & Biases sessions: one run per training job, resumable, never in the way.
 
-Only the main process comes here (through `tracking.Tracker`), so a job of any size is one W&B
-run. Every call into wandb is guarded: the first failure (no network, a bad key, a server error,
-the package missing) prints one line and turns W&B off, or offline when going online failed, and
-training goes on. W&B never touches what training computes (no RNG, no weights, no collectives).
+Only the main process comes here (through `tracking.Tracker`, or evaluate.py through
+`wandb_media.log_evaluation`), so a job of any size is one W&B run. Every call into wandb is
+guarded: the first failure (no network, a bad key, a server error, the package missing) prints one
+line and turns W&B off, or offline when going online failed, and training goes on. W&B never
+touches what training computes (no RNG, no weights, no collectives).
 
 The run directory keeps `wandb_run.json`: run id, project, entity and the last step logged. A job
 resumed from a checkpoint continues the checkpoint's W&B run (resume="allow"); rows at steps that
 run already has are not sent again, so the step axis (the global optimizer step) never goes
 backwards, even when a crashed job restarts from a checkpoint older than its last logged row.
-evaluate.py finds the run there to add its report (`log_evaluation`).
+evaluate.py finds the run there to add its report. What is drawn and uploaded: wandb_media.py.
 """
 
 import json
@@ -17,7 +18,6 @@ import netrc
 import os
 import secrets
 import string
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,14 @@ import torch
 
 from mnist_dist.atomic import write_atomically
 from mnist_dist.config import FIELDS, Config
-from mnist_dist.data.images import Normalizer
+from mnist_dist.errors import first_line
 from mnist_dist.trained_run import nearest
 
 STATE_FILE = "wandb_run.json"
 INIT_TIMEOUT = 60  # seconds wandb.init may take online before we go offline instead
 LOGIN_TIMEOUT = 30  # seconds an interactive API-key prompt may wait for an answer
 FINISH_TIMEOUT = 300  # seconds of uploading at the end; `wandb sync` uploads what is left
-PREDICTION_ROWS = 32  # test images in the predictions table: up to half mistakes, then the first ones
+DESCRIBE_LIMIT = 200  # characters of an error in a one-line warning
 
 
 def wandb_mode(requested: str) -> str:
@@ -60,39 +60,31 @@ def has_api_key() -> bool:
         return False
 
 
+def import_wandb(say: Callable[[str], None]):
+    """The wandb module, or None after one line saying how to get it."""
+    try:
+        import wandb
+    except ImportError:
+        say("W&B disabled: the wandb package is not installed (pip install wandb to enable it).")
+        return None
+    return wandb
+
+
 def new_run_id() -> str:
     """8 random base-36 characters, as wandb makes them (from `secrets`: training's RNGs stay untouched)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def describe(error: Exception) -> str:
-    """An exception as one short line."""
-    lines = str(error).strip().splitlines()
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def git_state() -> dict[str, Any]:
-    """The commit of this code and whether it had uncommitted changes; nothing outside a git checkout."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        return {
-            "git_commit": git("rev-parse", "HEAD"),
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        }
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
+    """An exception as one short line: its type, and its message's first line if it has one."""
+    name = type(error).__name__
+    text = f"{name}: {first_line(error)}" if str(error).strip() else name
+    return text if len(text) <= DESCRIBE_LIMIT else text[: DESCRIBE_LIMIT - 3] + "..."
 
 
 def run_page_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's facts (device, world size, precision, versions), plus device type and count,
-    nodes, GPU model and the git commit of the code."""
+    """The trainer's facts (device, world size, precision, versions, git commit), plus device type
+    and count, nodes and GPU model."""
     device_type = str(facts.get("device", "cpu")).split(":")[0]
     world_size = int(facts.get("world_size", 1))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
@@ -106,7 +98,7 @@ def run_page_facts(facts: dict[str, Any]) -> dict[str, Any]:
             extra["device_name"] = torch.cuda.get_device_name()
         except (RuntimeError, AssertionError):  # a fact not worth failing for
             pass
-    return {**facts, **extra, **git_state()}
+    return {**facts, **extra}
 
 
 def wandb_names(kind: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +118,7 @@ def wandb_names(kind: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_state(folder: Path | None) -> dict[str, Any]:
+    """The wandb_run.json in `folder`, or {} when there is none or it cannot be read."""
     try:
         state = json.loads((folder / STATE_FILE).read_text()) if folder is not None else {}
     except (OSError, ValueError):
@@ -169,6 +162,7 @@ def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
         ("login_timeout", "WANDB_LOGIN_TIMEOUT", LOGIN_TIMEOUT),
         ("finish_timeout", "WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT),
     )
+    # A limit the user set in the environment wins: wandb reads those variables itself.
     settings = {name: value for name, variable, value in limits if variable not in os.environ}
     failure = None
     for attempt in [mode, "offline"] if mode == "online" else [mode]:
@@ -194,63 +188,11 @@ def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
     return None
 
 
-@torch.inference_mode()
-def predict(model: torch.nn.Module, images: torch.Tensor, normalize: Normalizer, batch_size: int) -> torch.Tensor:
-    """Class probabilities, float32 (N, classes), of uint8 images (N, C, H, W); one process, no collectives."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        batches = [
-            model(normalize(images[start : start + batch_size].to(device))).float().softmax(dim=1).cpu()
-            for start in range(0, len(images), batch_size)
-        ]
-    finally:
-        model.train(was_training)
-    return torch.cat(batches)
-
-
-def confusion_chart(wandb, labels: torch.Tensor, predicted: torch.Tensor, class_names, title: str):
-    return wandb.plot.confusion_matrix(
-        y_true=labels.tolist(), preds=predicted.tolist(), class_names=list(class_names), title=title
-    )
-
-
-def sample_indices(labels: torch.Tensor, predicted: torch.Tensor, rows: int = PREDICTION_ROWS) -> list[int]:
-    """Up to rows/2 mistakes, then the first test images, in test-set order."""
-    chosen = set((predicted != labels).nonzero().flatten()[: rows // 2].tolist())
-    for index in range(len(labels)):
-        if len(chosen) >= rows:
-            break
-        chosen.add(index)
-    return sorted(chosen)
-
-
-def prediction_table(wandb, images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor, class_names):
-    """wandb.Table: index, image, true label, predicted label, then each class's probability."""
-    predicted = probabilities.argmax(dim=1)
-    table = wandb.Table(columns=["index", "image", "true", "predicted", *(f"p({name})" for name in class_names)])
-    for index in sample_indices(labels, predicted):
-        image = images[index]  # uint8 (C, H, W)
-        pixels = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)  # (H, W) or (H, W, C)
-        table.add_data(
-            index,
-            wandb.Image(pixels.numpy()),
-            class_names[labels[index]],
-            class_names[predicted[index]],
-            *probabilities[index].tolist(),
-        )
-    return table
-
-
-def figure_images(wandb, paths: list[Path], prefix: str) -> dict[str, Any]:
-    return {f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in paths}
-
-
 class WandbRun:
     """One W&B run, on the main process. A failed call prints one line and turns W&B off."""
 
     def __init__(self, wandb, run, state_folder: Path | None, floor: int, say: Callable[[str], None]):
+        """`state_folder`: where wandb_run.json is kept (None: nowhere); `floor`: the last step already logged."""
         self.wandb = wandb
         self.run = run
         self.id = run.id  # kept after a failure: checkpoints still carry it, so a resume can continue the run
@@ -267,10 +209,8 @@ class WandbRun:
         cls, config: Config, run_dir: Path | None, mode: str, facts: dict, say, resumed_id: str | None
     ) -> "WandbRun | None":
         """The training's run: WANDB_RUN_ID, else the resumed checkpoint's run id, else a new one."""
-        try:
-            import wandb
-        except ImportError:
-            say("W&B disabled: the wandb package is not installed (pip install wandb to enable it).")
+        wandb = import_wandb(say)
+        if wandb is None:
             return None
         run_id = os.environ.get("WANDB_RUN_ID") or resumed_id or new_run_id()
         saved = read_state(run_dir)
@@ -288,6 +228,11 @@ class WandbRun:
         tracked = cls(wandb, run, run_dir, floor, say)
         tracked.save_state()
         return tracked
+
+    @property
+    def live(self) -> bool:
+        """Whether the run still takes calls (no call into wandb has failed, and it is not finished)."""
+        return self.run is not None
 
     def attempt(self, what: str, action: Callable[[], Any]) -> bool:
         """Run one call into wandb; on any error say so once and turn W&B off. True if it worked."""
@@ -316,6 +261,7 @@ class WandbRun:
             pass  # the next log writes it again; checkpoints carry the run id too
 
     def log(self, row: dict[str, Any], step: int) -> None:
+        """One row at global optimizer `step`; a step an earlier attempt logged is skipped."""
         if step <= self.floor:
             return
         if self.attempt("logging", lambda: self.run.log(row, step=step)) and step > self.last_step:
@@ -325,126 +271,7 @@ class WandbRun:
     def summarize(self, values: dict[str, Any]) -> None:
         self.attempt("writing the summary", lambda: self.run.summary.update(values))
 
-    def log_results(
-        self, model, test_set, normalize: Normalizer, class_names, model_path: Path, config: Config, step: int
-    ) -> None:
-        """End of training: confusion matrix, predictions table and figures of the final model on
-        the test set (one forward pass, this process only), then the model as an artifact."""
-        if self.run is None:
-            return
-        wandb = self.wandb
-
-        def media() -> None:
-            probabilities = predict(model, test_set.images, normalize, config.eval_batch_size)
-            labels = test_set.labels
-            row = {
-                "confusion_matrix": confusion_chart(
-                    wandb, labels, probabilities.argmax(dim=1), class_names, "confusion matrix (test set)"
-                ),
-                "predictions": prediction_table(wandb, test_set.images, labels, probabilities, class_names),
-            }
-            if self.state_folder is not None:  # the figures of an earlier evaluate.py report, if any
-                for folder in sorted(self.state_folder.glob("eval*/")):
-                    row.update(figure_images(wandb, sorted(folder.glob("*.png")), f"figures/{folder.name}"))
-            self.log(row, max(step, self.floor + 1))
-
-        self.attempt("logging the final results", media)
-        if model_path.is_file():
-            self.attempt("logging the model artifact", lambda: self.log_model(model_path, config, step))
-
-    def log_model(self, path: Path, config: Config, step: int) -> None:
-        about = f"{config.model} trained on {config.dataset}: the final weights (safetensors)"
-        artifact = self.wandb.Artifact(f"model-{self.id}", type="model", description=about, metadata=config.to_dict())
-        artifact.add_file(str(path), name=path.name)
-        self.run.log_artifact(artifact, aliases=["latest", f"step-{step}"])
-
     def finish(self) -> None:
         if self.run is not None:
             self.attempt("finishing the run", self.run.finish)
             self.run = None
-
-
-def log_evaluation(
-    config: Config,
-    weights_path: Path,
-    metrics: dict[str, Any],
-    predictions,
-    images: torch.Tensor,
-    figures: list[Path],
-    out_dir: Path,
-    into: str | None = None,
-    mode: str | None = None,
-    run_id: str | None = None,
-    say: Callable[[str], None] = print,
-) -> None:
-    """evaluate.py's report to W&B: into the training's run (`run_id`, else the one recorded in the
-    wandb_run.json of the weights' run directory) or into a new run with job_type=eval. Main
-    process only; never raises.
-
-    `config`: the trained run's config (its wandb, wandb_eval, project... options are the defaults
-    for `mode` and `into`); `metrics`: eval_report.build_metrics; `predictions`: SplitPredictions of the
-    split whose uint8 `images` they cover; `figures`: the report's PNG files; `out_dir`: the report
-    folder (where a new run's offline files go when the weights sit in no run directory).
-    """
-    mode = wandb_mode(mode or config.wandb)
-    into = into or config.wandb_eval
-    if mode == "disabled":
-        return
-    try:
-        import wandb
-    except ImportError:
-        say("W&B disabled: the wandb package is not installed (pip install wandb to enable it).")
-        return
-    run_dir, recorded = find_state(weights_path)
-    target = run_id or recorded.get("run_id")
-    if into == "train" and not target:
-        say(f"W&B: no training run recorded beside {weights_path} ({STATE_FILE}); logging into a new run.")
-        into = "new"
-    if into == "train":
-        known = recorded if recorded.get("run_id") == target else {}  # the recorded run's project and last step
-        arguments = run_arguments(config, run_dir or out_dir, target)
-        arguments.update(
-            project=known.get("project") or arguments["project"], entity=known.get("entity") or arguments["entity"]
-        )
-        for name in ("name", "group", "tags", "notes"):  # the training run has them already
-            arguments.pop(name)
-        state_folder, floor = (run_dir if known else None), int(known.get("last_step", -1))
-    else:
-        arguments = {
-            **run_arguments(config, run_dir or out_dir, new_run_id()),
-            "job_type": "eval",
-            "name": f"{config.run_name}-eval" if config.run_name else None,
-            "config": {
-                **config.to_dict(),
-                "training_run_id": target,
-                **{key: metrics.get(key) for key in ("checkpoint", "dataset", "split")},
-            },
-        }
-        state_folder, floor = None, -1  # a run of its own: steps from 0, no state file to advance
-    run = init_run(wandb, mode, say, **arguments)
-    if run is None:
-        return
-    tracked = WandbRun(wandb, run, state_folder, floor, say)
-    prefix = f"evaluate/{metrics['dataset']}-{metrics['split']}"
-
-    def report() -> None:
-        names = metrics["class_names"]
-        row = {
-            f"{prefix}/{key}": metrics[key]
-            for key in ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "samples")
-        }
-        row[f"{prefix}/confusion_matrix"] = confusion_chart(
-            wandb,
-            predictions.labels,
-            predictions.predicted,
-            names,
-            f"confusion matrix ({metrics['dataset']}, {metrics['split']})",
-        )
-        row[f"{prefix}/predictions"] = prediction_table(
-            wandb, images, predictions.labels, predictions.probabilities, names
-        )
-        row.update(figure_images(wandb, figures, f"{prefix}/figures"))
-        tracked.log(row, tracked.floor + 1)
-
-    tracked.attempt("logging the evaluation", report)
-    tracked.finish()

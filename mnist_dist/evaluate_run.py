@@ -1,0 +1,171 @@
+"""Evaluating a trained run, as mnist_dist/run.py trains one.
+
+`parse_args` reads evaluate.py's flags. `evaluate_checkpoint` predicts every sample of the split on
+every rank (the same numbers for any world size); the main process prints the report, writes it
+and logs it to W&B. `classify_files` serves `--predict`. Only the standard library and the option
+lists load at the top: torch, accelerate and wandb load inside the functions that need them, so
+`--help` answers at once and `--predict` never imports accelerate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mnist_dist.cli import Parser
+from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES, Config
+
+if TYPE_CHECKING:  # names for the annotations only; importing them here would load torch for --help
+    import torch
+    from accelerate import Accelerator
+
+    from mnist_dist.data.images import DatasetInfo, ImageSet
+    from mnist_dist.evaluation import SplitPredictions
+    from mnist_dist.trained_run import TrainedRun
+
+DESCRIPTION = "Evaluate a trained run on a whole split, with a visual report; or classify your own image files."
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = Parser(description=DESCRIPTION, allow_abbrev=False, script="evaluate.py")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file"
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)"
+    )
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--batch-size", type=positive, help="images per evaluation batch per process (default: the run's)"
+    )
+    parser.add_argument("--data-dir", help="folder with the dataset files (default: the run's)")
+    parser.add_argument("--data-file", help="path to mnist.pkl.gz (dataset mnist-pkl only)")
+    parser.add_argument(
+        "--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)"
+    )
+    parser.add_argument(
+        "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
+    )
+    parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
+    parser.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode for the report (default: the training run's)")
+    parser.add_argument(
+        "--wandb-eval",
+        choices=WANDB_EVAL_TARGETS,
+        help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval",
+    )
+    args = parser.parse_args(argv)
+    if args.json and not args.predict:
+        parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
+    return args
+
+
+def classify_files(args: argparse.Namespace) -> int:
+    """`--predict`: the top classes of each image file; 0, or 2 when any file could not be classified."""
+    from mnist_dist.classify_images import classify
+    from mnist_dist.trained_run import load_run  # torch loads only from here on (accelerate never does)
+
+    return classify(load_run(args.checkpoint), args.predict, args.json)
+
+
+def default_out_dir(weights_path: Path, trained_on: str, dataset: str, split: str) -> Path:
+    """eval/ beside the weights; another dataset or split gets its own folder (eval-mnist-train/)."""
+    suffix = ("" if dataset == trained_on else f"-{dataset}") + ("" if split == "test" else f"-{split}")
+    return weights_path.parent / f"eval{suffix}"
+
+
+def evaluation_config(trained: Config, args: argparse.Namespace, dataset: str) -> Config:
+    """The training config with this evaluation's dataset, data files and batch size where given."""
+    # Precision follows this machine (auto), not the training machine: fp16 from a GPU fails on a CPU.
+    overrides = {
+        "mixed_precision": "auto",
+        "dataset": dataset,
+        "data_dir": args.data_dir,
+        "data_file": args.data_file,
+        "eval_batch_size": args.batch_size,
+    }
+    return dataclasses.replace(trained, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> None:
+    """Predict the whole split on every rank; the main process reports. Always ends the process group."""
+    from mnist_dist.data.datasets import load_dataset_main_first
+    from mnist_dist.distributed import build_accelerator
+    from mnist_dist.trained_run import build_trained_model, check_dataset_fits, load_run
+
+    run = load_run(args.checkpoint)
+    dataset = args.dataset or run.config.dataset
+    info = check_dataset_fits(run, dataset)  # before any data is loaded: a mismatch fails at once
+    model = build_trained_model(run)
+    config = evaluation_config(run.config, args, dataset)
+    accelerator = build_accelerator(config)
+    try:
+        data = load_dataset_main_first(config, accelerator)
+        split = data.test if args.split == "test" else data.train
+        predictions = predict_every_sample(model, split, run.info, config, accelerator)
+        if accelerator.is_main_process:  # every rank holds the whole split's predictions; one reports
+            about = {
+                "checkpoint": str(run.weights_path),
+                "model": config.model,
+                "trained_on": run.config.dataset,
+                "dataset": dataset,
+                "split": args.split,
+            }
+            out_dir = Path(args.out or default_out_dir(run.weights_path, run.config.dataset, dataset, args.split))
+            report(
+                run, about, info.class_names, predictions, split.images, out_dir, into=args.wandb_eval, mode=args.wandb
+            )
+        accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
+    finally:
+        accelerator.end_training()  # also destroys the process group
+
+
+def predict_every_sample(
+    model: torch.nn.Module, split: ImageSet, trained_on: DatasetInfo, config: Config, accelerator: Accelerator
+) -> SplitPredictions:
+    """The per-sample predictions of the whole split, on every rank; each rank runs its own batches."""
+    import torch
+
+    from mnist_dist.data.images import Normalizer
+    from mnist_dist.data.sharding import eval_shard
+    from mnist_dist.evaluation import predict_split
+
+    shard = eval_shard(split, config.eval_batch_size, accelerator.process_index, accelerator.num_processes, 0)
+    if config.channels_last:  # the layout the trainer evaluated in, so the numbers match its own
+        model = model.to(memory_format=torch.channels_last)
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no DDP wrapper
+    # The model's inputs are normalized as in training, with its training set's mean and std.
+    return predict_split(model, shard, Normalizer(trained_on, accelerator.device), accelerator)
+
+
+def report(
+    run: TrainedRun,
+    about: dict[str, str],
+    class_names: tuple[str, ...],
+    predictions: SplitPredictions,
+    images: torch.Tensor,
+    out_dir: Path,
+    *,
+    into: str | None,
+    mode: str | None,
+) -> None:
+    """Print the report, write metrics.json, the figures and report.md into `out_dir`, log them to W&B.
+
+    `into` and `mode` are --wandb-eval and --wandb (None: the training run's choice).
+    """
+    from mnist_dist import eval_report
+    from mnist_dist.wandb_media import log_evaluation  # imports wandb only when logging
+
+    metrics = eval_report.build_metrics(predictions, class_names, about)
+    eval_report.print_report(metrics)
+    written = eval_report.write_report(metrics, predictions, images, run, out_dir)
+    print(f"report written to {out_dir}/: {', '.join(written)}")
+    figures = [out_dir / name for name in written if name.endswith(".png")]
+    log_evaluation(run.config, run.weights_path, metrics, predictions, images, figures, out_dir, into=into, mode=mode)

@@ -1,0 +1,138 @@
+"""What a checkpoint restores, and the loading that checks it fits this run before restoring it.
+
+A checkpoint holds the `TrainingState` (state.json: JSON, so anyone can read it), the weights
+(safetensors: loading runs no code), the optimizer, schedule and grad-scaler states and each
+rank's RNG states and epoch sums (torch.load with weights_only=True: a crafted pickle is refused).
+"""
+
+import json
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from mnist_dist.config import Config
+from mnist_dist.errors import UserError, first_line
+
+# Options that fix which samples each step sees: a resumed run must keep them.
+MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
+# Schedules whose shape is planned for the run's total steps: these options must match too.
+PLANNED_SCHEDULES = ("onecycle", "cosine")
+DELETE_IT = "delete that checkpoint or pass --resume none."
+
+
+@dataclass
+class TrainingState:
+    """Where training stands. JSON, so anyone can read it."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the epoch in progress (or the next to start)
+    batches_done: int = 0  # batches of `epoch` already trained, on each rank
+    best_accuracy: float = -1.0
+    best_step: int = -1
+    epochs_since_best: int = 0
+    world_size: int = 1
+    wandb_run_id: str | None = None
+
+
+def rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_data(path: Path) -> dict:
+    """torch.load restricted to tensors and plain data: a crafted pickle is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"refusing to load {path}: it holds more than tensors and plain data ({first_line(error)}). "
+            "Use a checkpoint this program wrote, or --resume none."
+        ) from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"checkpoint file {path} is unreadable ({error}); {DELETE_IT}") from None
+
+
+def read_state(path: Path) -> tuple[TrainingState, dict]:
+    """The training state of the checkpoint at `path` and the config it was written with."""
+    try:
+        saved = json.loads((path / "state.json").read_text())
+        config = saved.pop("config")
+        return TrainingState(**saved), config
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise UserError(
+            f"checkpoint {path} has no valid state.json ({error}); delete it or pass --resume none."
+        ) from None
+
+
+def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, world_size: int) -> None:
+    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs."""
+    for key in MUST_MATCH:
+        if saved.get(key) != getattr(config, key):
+            raise UserError(
+                f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has "
+                f"{getattr(config, key)!r}: use the same options, another --run-dir, or --resume none."
+            )
+    if config.schedule in PLANNED_SCHEDULES:
+        for key in ("epochs", "max_steps", "schedule"):
+            if saved.get(key) != getattr(config, key):
+                raise UserError(
+                    f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has "
+                    f"{getattr(config, key)!r}; the {config.schedule} schedule cannot be "
+                    "stretched: keep the options, or use another --run-dir or --resume none."
+                )
+    if state.world_size != world_size:
+        raise UserError(
+            f"checkpoint {path} was written by {state.world_size} processes, this run has "
+            f"{world_size}: resume with the same number for an exact continuation."
+        )
+
+
+def load_weights(path: Path, module: torch.nn.Module) -> None:
+    try:
+        module.load_state_dict(load_file(str(path / "model.safetensors")))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise UserError(
+            f"cannot load the weights in {path}/model.safetensors ({first_line(error)}); {DELETE_IT}"
+        ) from None
+
+
+def restore_training(path: Path, accelerator: Accelerator, optimizer, scheduler) -> dict:
+    """Optimizer, schedule, grad scaler and this rank's RNG states; returns the rest of this rank's state."""
+    training = load_data(path / "training.pt")
+    rank_state = load_data(path / f"rank-{accelerator.process_index}.pt")
+    # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
+    kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(training["optimizer"])
+        for group, keep in zip(optimizer.param_groups, kernels):
+            group.update(keep)
+        scheduler.load_state_dict(training["scheduler"])
+        if accelerator.scaler is not None and training["scaler"]:
+            accelerator.scaler.load_state_dict(training["scaler"])
+        set_rng_states(rank_state.pop("rng"))
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise UserError(
+            f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); {DELETE_IT}"
+        ) from None
+    return rank_state

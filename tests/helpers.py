@@ -1,0 +1,176 @@
+"""Helpers for the tests: run train.py for real (one process, torchrun or accelerate launch) in a subprocess,
+in the foreground or in the background, and read back what a run wrote (summary.json, metrics.jsonl,
+model.safetensors, error lines).
+
+Test modules import them by name (`from helpers import run_script`): pytest.ini puts tests/ on sys.path.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def deterministic_args(max_steps: int, *extra: str) -> list[str]:
+    """train.py options for a short run whose weights can be compared bit for bit with another's: lenet on
+    digits, batch 32, lr 0.05, one epoch cut at max_steps, --deterministic; then `extra`."""
+    return [
+        "--model",
+        "lenet",
+        "--dataset",
+        "digits",
+        "--batch-size",
+        "32",
+        "--max-steps",
+        str(max_steps),
+        "--epochs",
+        "1",
+        "--deterministic",
+        "--lr",
+        "0.05",
+        *extra,
+    ]
+
+
+def launch_command(script: str, processes: int, launcher: str, rendezvous: list[str] | None = None) -> list[str]:
+    """The command that starts `script` on `processes` processes. For torchrun, `rendezvous` replaces the
+    default options (one node, a free port on 127.0.0.1): e.g. ["--standalone"], or a node of several."""
+    if rendezvous is not None and launcher != "torchrun":
+        raise ValueError(f"rendezvous options are for torchrun, not {launcher}")
+    if launcher == "python":
+        assert processes == 1
+        return [sys.executable, script]
+    if launcher == "torchrun":
+        if rendezvous is None:
+            rendezvous = ["--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+        return [str(BIN / "torchrun"), *rendezvous, "--nproc_per_node", str(processes), script]
+    if launcher == "accelerate":
+        return [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            str(REPO / "launch/accelerate/cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(free_port()),
+            script,
+        ]
+    raise ValueError(launcher)
+
+
+def script_environment(processes: int, env: dict | None = None) -> dict:
+    """This environment, with the repository importable, unbuffered output, 1 thread a process when there are
+    several (2 for one alone), and no W&B API key; then `env` (which cannot bring the key back)."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1" if processes > 1 else "2",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    environment.pop("WANDB_API_KEY", None)
+    return environment
+
+
+def script_command(
+    script: str, args: list, processes: int, launcher: str | None, rendezvous: list[str] | None = None
+) -> list[str]:
+    """launch_command with the script's arguments. The launcher defaults to python for 1 process and no
+    rendezvous options, else torchrun."""
+    launcher = launcher or ("python" if processes == 1 and rendezvous is None else "torchrun")
+    return launch_command(script, processes, launcher, rendezvous) + [str(arg) for arg in args]
+
+
+def run_script(
+    script: str,
+    args: list,
+    processes: int = 1,
+    launcher: str | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """Run `script` from the repository root to its end; stdout and stderr captured as text."""
+    command = script_command(script, args, processes, launcher)
+    environment = script_environment(processes, env)
+    return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def start_script(
+    script: str,
+    args: list,
+    processes: int = 1,
+    env: dict | None = None,
+    rendezvous: list[str] | None = None,
+    stderr: int = subprocess.PIPE,
+) -> subprocess.Popen:
+    """run_script in the background, for a test that acts on the run while it trains: python for 1 process,
+    torchrun for several or with `rendezvous` options. stdout is a text pipe; stderr too, or pass
+    stderr=subprocess.STDOUT to read both from stdout."""
+    command = script_command(script, args, processes, None, rendezvous)
+    environment = script_environment(processes, env)
+    return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def train_into(
+    run_dir,
+    data_dir,
+    *args,
+    processes: int = 1,
+    launcher: str | None = None,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """Run train.py into run_dir. Fails the test with the output on a non-zero exit, unless check=False."""
+    full = ["--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled", *args]
+    result = run_script("train.py", full, processes, launcher, env)
+    if check and result.returncode != 0:
+        pytest.fail(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """Every row of metrics.jsonl, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: Path, b: Path, message: str | None = None) -> None:
+    """The same tensor names and bit-identical tensors in both runs' model.safetensors. On a difference
+    the assertion says `message`, or by default the name of the first tensor that differs."""
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name if message is None else message
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit 2, no traceback, and exactly one `error: ` line holding every fragment."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
