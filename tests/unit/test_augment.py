@@ -28,9 +28,10 @@ def test_zero_shift_with_flip_mirrors_about_half_the_batch():
 
 def test_draws_are_uniform_enough_and_differ_by_seed_and_epoch():
     draws = sample_draws(torch.arange(10_000), seed=3, epoch=0)
-    shifts = torch.bincount((draws[:, 0] % 5).flatten(), minlength=5)
-    assert shifts.min() > 1_800 and shifts.max() < 2_200  # 2,000 each for a uniform draw
-    assert 4_800 < int((draws[:, 2] & 1).sum()) < 5_200
+    for shifts in ((draws & 0xFFFF) % 5, (draws >> 16) % 5):  # dy and dx
+        counts = torch.bincount(shifts, minlength=5)
+        assert counts.min() > 1_800 and counts.max() < 2_200  # 2,000 each for a uniform draw
+    assert 4_800 < int(((draws >> 15) & 1).sum()) < 5_200  # the flip
     assert not torch.equal(draws, sample_draws(torch.arange(10_000), seed=4, epoch=0))
     assert not torch.equal(draws, sample_draws(torch.arange(10_000), seed=3, epoch=1))
     assert torch.equal(draws, sample_draws(torch.arange(10_000), seed=3, epoch=0))
