@@ -13,13 +13,33 @@ from mnist_dist.config import FIELDS, Config, check_known, make_config
 from mnist_dist.errors import ConfigError, UserError, did_you_mean
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that sets the same key twice (PyYAML would keep the last one silently)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a mapping that sets one key twice."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in lines:
+                raise DuplicateKey(f"{key!r} twice (lines {lines[key]} and {line})")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: Path, error: type[UserError] = ConfigError, fix: str = "fix the file") -> dict[str, Any]:
     """A YAML file of option: value as a dict with `_` in its keys (`batch-size` -> `batch_size`).
 
     Every problem is one `error` naming the file; `fix` says what to do about a damaged one.
     """
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # safe_load's loader, plus one check
+    except DuplicateKey as problem:
+        raise error(f"config file {path} sets {problem}: keep one.") from None
     except yaml.YAMLError as problem:
         mark = getattr(problem, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -8,6 +8,7 @@ new one with `dataclasses.replace`, which validates again. This module imports n
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ LOADERS = ("auto", "resident", "dataloader")
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
-NOT_NEGATIVE += ("checkpoint_every",)
+NOT_NEGATIVE += ("checkpoint_every", "seed")
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a plain folder name: no path separators, no spaces
 CHOICES = {
     "dataset": DATASETS,
     "model": MODELS,
@@ -60,7 +62,7 @@ class Config:
     eval_batch_size: int = option(1000, "images per evaluation batch per process")
     lr: float = option(0.2, "learning rate (peak learning rate for onecycle)")
     optimizer: str = option("sgd", "optimizer: " + ", ".join(OPTIMIZERS))
-    momentum: float = option(0.9, "SGD momentum (0 disables)")
+    momentum: float = option(0.9, "SGD momentum, in [0, 1) (0 disables)")
     nesterov: bool = option(True, "Nesterov momentum for SGD")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
     schedule: str = option("onecycle", "learning-rate schedule: " + ", ".join(SCHEDULES))
@@ -75,7 +77,7 @@ class Config:
         "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10); each sample's draw "
         "depends on (seed, epoch, sample) only, so any number of processes trains on the same images",
     )
-    seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process)")
+    seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process), 0 to 2**32 - 1")
     deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
     # --- checkpoints ---
     checkpoint_every: int = option(0, "optimizer steps between checkpoints; 0: only at epoch ends")
@@ -105,7 +107,9 @@ class Config:
         0, "DataLoader worker processes, dataloader path only (0: load in the training process; the data is in memory)"
     )
     log_every: int = option(50, "optimizer steps between progress lines and step metrics")
-    run_name: str = option("", "name of the run (default: <model>-<dataset>-<date>-<time>)")
+    run_name: str = option(
+        "", "name of the run: letters, digits, '.', '_', '-' (default: <model>-<dataset>-<date>-<time>)"
+    )
     run_dir: str = option("", "where config.yaml, metrics.jsonl and the model go (default: runs/<run name>)")
     wandb: str = option(
         "auto", "Weights & Biases: online, offline, disabled, or auto (online with an API key, else offline)"
@@ -122,11 +126,24 @@ class Config:
     def __post_init__(self) -> None:
         self._check_choices()
         self._check_numbers()
+        self._check_names_and_files()
+
+    def _check_names_and_files(self) -> None:
         long_tags = [tag for tag in self.wandb_tags.split(",") if len(tag.strip()) > 64]
         if long_tags:
             raise ConfigError(f"W&B tags have at most 64 characters; shorten '{long_tags[0].strip()}'.")
         if self.dataset == "mnist-pkl" and not self.data_file:
             raise ConfigError("dataset mnist-pkl reads one file: pass --data-file path/to/mnist.pkl.gz.")
+        if self.data_file and self.dataset != "mnist-pkl":
+            raise ConfigError(
+                f"--data-file is read by dataset mnist-pkl only, not {self.dataset}: "
+                "drop it, or pass --dataset mnist-pkl."
+            )
+        if self.run_name and (not RUN_NAME.fullmatch(self.run_name) or self.run_name in (".", "..")):
+            raise ConfigError(
+                f"run_name {self.run_name!r} is not a plain name: use letters, digits, '.', '_' and '-' "
+                "(--run-dir chooses another folder)."
+            )
 
     def _check_choices(self) -> None:
         for name, valid in CHOICES.items():
@@ -147,6 +164,10 @@ class Config:
         for name in NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        if self.seed >= 2**32:  # numpy's seeds are 32-bit
+            raise ConfigError(f"seed must be below 2**32 (4294967296), got {self.seed}.")
+        if not 0 <= self.momentum < 1:  # 1 or more never forgets a gradient: the steps grow without bound
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.lr_gamma <= 1:

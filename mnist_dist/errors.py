@@ -4,8 +4,9 @@ traceback) and exit with the class's exit code:
     0  finished
     1  crashed (a bug or a failure of the machine: a traceback is printed)
     2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
-    3  stopped by SIGTERM or SIGUSR1 after writing a checkpoint: run again to resume (Preempted)
+    3  stopped by SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) after writing a checkpoint: run again to resume (Preempted)
     4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
+  130  a second Ctrl-C, or Ctrl-C before or after the training loop: no new checkpoint (Interrupted)
 
 Also the two helpers every such message uses: `first_line` and `did_you_mean`.
 """
@@ -42,6 +43,12 @@ class Diverged(Exception):
     exit_code = 4
 
 
+class Interrupted(Exception):
+    """Ctrl-C outside the training loop (start-up, the final save), where there is no step to finish."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+
+
 STOPS = (UserError, Preempted, Diverged)
 
 
@@ -64,5 +71,5 @@ def report_error(error: Exception) -> None:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
-    elif not isinstance(error, (ConfigError, Preempted, Diverged)):
+    elif not isinstance(error, (ConfigError, Preempted, Diverged, Interrupted)):
         print(f"error: rank {rank}: {error}", file=sys.stderr, flush=True)

@@ -88,7 +88,8 @@ def evaluation_config(trained: Config, args: argparse.Namespace, dataset: str) -
         "mixed_precision": "auto",
         "dataset": dataset,
         "data_dir": args.data_dir,
-        "data_file": args.data_file,
+        # The trained run's mnist.pkl.gz goes with mnist-pkl only; another dataset reads no such file.
+        "data_file": args.data_file or (trained.data_file if dataset == "mnist-pkl" else ""),
         "eval_batch_size": args.batch_size,
     }
     return dataclasses.replace(trained, **{key: value for key, value in overrides.items() if value is not None})

@@ -1,20 +1,34 @@
 """Stop signals become a request to checkpoint and exit, instead of killing the process mid-step.
 
 SLURM sends SIGTERM before a job's time limit or preemption (and SIGUSR1 with --signal=USR1@N);
-torchrun forwards SIGTERM to its workers. The handler only sets a flag: the trainer finishes the
-current step, agrees with the other ranks on stopping (ranks may get the signal at different
-steps), writes a checkpoint and exits with Preempted.exit_code.
+torchrun forwards SIGTERM and SIGINT to its workers; Ctrl-C sends SIGINT. The handler only sets a
+flag: the trainer finishes the current step, agrees with the other ranks on stopping (ranks may get
+the signal at different steps), writes a checkpoint and exits with Preempted.exit_code (3).
+
+A second Ctrl-C aborts at once (exit 130), without a checkpoint. One Ctrl-C in a terminal reaches
+the workers twice under torchrun (from the terminal, and forwarded by torchrun a moment later), so
+a SIGINT counts as a second one only when it comes REPEAT_SECONDS or more after the first.
 """
 
+import os
 import signal
+import sys
 import threading
+import time
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+REPEAT_SECONDS = 1.0  # a person's second Ctrl-C comes later than a launcher's forwarded copy of the first
+ABORT_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
+INTERRUPTED_AGAIN = (
+    "interrupted again: stopped at once, without a checkpoint; the last complete checkpoint is kept. "
+    "Run the same command again to resume from it."
+)
 
 
 class StopRequest:
     def __init__(self):
         self.signal_name: str | None = None
+        self.interrupted_at: float | None = None  # when the first SIGINT came (time.monotonic)
         self.previous = {}
 
     def __enter__(self) -> "StopRequest":
@@ -24,8 +38,21 @@ class StopRequest:
         return self
 
     def handle(self, number, frame) -> None:
-        self.signal_name = signal.Signals(number).name
+        if number == signal.SIGINT:
+            now = time.monotonic()
+            if self.interrupted_at is not None and now - self.interrupted_at >= REPEAT_SECONDS:
+                abort()
+            self.interrupted_at = self.interrupted_at or now
+        self.signal_name = self.signal_name or signal.Signals(number).name
 
     def __exit__(self, *exc) -> None:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+
+
+def abort() -> None:
+    """The second Ctrl-C: leave now, in the middle of whatever runs (checkpoints appear whole or not at all).
+    Every rank got it from the terminal; rank 0 says so."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {INTERRUPTED_AGAIN}", file=sys.stderr, flush=True)
+    os._exit(ABORT_EXIT_CODE)

@@ -14,6 +14,19 @@ def test_bad_flag_value(train):
     assert_clean_error(result, "lr must be greater than 0")
 
 
+def test_a_run_name_that_is_a_path_is_refused_before_anything_is_written(train):
+    result, run_dir = train("--run-name", "../../escaped", check=False)
+    assert_clean_error(result, "run_name '../../escaped' is not a plain name")
+    assert not run_dir.exists()
+
+
+def test_a_config_file_that_sets_an_option_twice(train, tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("lr: 0.1\nepochs: 2\nlr: 0.3\n")
+    result, _ = train("--config", path, check=False)
+    assert_clean_error(result, "sets 'lr' twice (lines 1 and 3)")
+
+
 def test_unknown_key_in_config_file(train, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: lenet\nepoch: 3\n")

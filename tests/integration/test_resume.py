@@ -142,6 +142,24 @@ def test_sigterm_alone_exits_3_with_a_checkpoint(data_dir, tmp_path):
     assert "error: stopped by SIGTERM after step" in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(processes, uninterrupted, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir, data_dir, processes)
+    wait_for(run_dir / "checkpoints" / "step-000040" / "COMPLETE", process)
+    for pid in {process.pid, *(worker.pid for worker in workers(process))}:  # as a terminal's Ctrl-C does
+        os.kill(pid, signal.SIGINT)
+    code, _, stderr = finish(process)
+    # torchrun ends with its own SignalException (exit 1) after its workers exited 3 (README).
+    assert code == (3 if processes == 1 else 1), stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "stopped by SIGINT after step" in lines[0], stderr[-2000:]
+    assert "KeyboardInterrupt" not in stderr
+    code, stdout, stderr = run(run_dir, data_dir, processes)
+    assert code == 0 and "resumed from" in stdout, stderr[-3000:]
+    assert_same_weights(run_dir, uninterrupted[processes], WEIGHTS_DIFFER)
+
+
 def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     process = start(run_dir, data_dir, 2, rendezvous=["--max-restarts", "1", "--standalone"])

@@ -35,7 +35,7 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     assert "final eval accuracy" in result.stdout  # the summary table
 
 
-# SGD without momentum, schedule, smoothing or decay: what each step does depends only on its batch.
+# SGD with no schedule, label smoothing or weight decay: each run takes the same steps on the same samples.
 SAME_STEPS = "--model lenet --optimizer sgd --lr 0.05 --schedule none --label-smoothing 0 --weight-decay 0".split()
 
 

@@ -67,6 +67,12 @@ def test_saved_config_loads_back_equal(tmp_path):
         (["--bacth-size", "3"], "unknown argument --bacth-size. Did you mean --batch-size?"),
         (["--dataset", "mnist-pkl"], "pass --data-file path/to/mnist.pkl.gz"),
         (["--config", "/no/such/file.yaml"], "config file /no/such/file.yaml does not exist"),
+        (["--run-name", "../../x"], "run_name '../../x' is not a plain name"),
+        (["--run-name", ".."], "run_name '..' is not a plain name"),
+        (["--seed", "-5"], "seed must be 0 or more, got -5"),
+        (["--seed", str(2**32)], "seed must be below 2**32"),
+        (["--momentum", "2"], "momentum must be in [0, 1), got 2.0"),
+        (["--data-file", "x.pkl.gz"], "--data-file is read by dataset mnist-pkl only, not digits"),
     ],
 )
 def test_invalid_flags_are_explained(argv, message):
@@ -84,6 +90,7 @@ def test_invalid_flags_are_explained(argv, message):
         ("cpu: maybe\n", "cpu must be true or false"),
         ("model: [lenet\n", "is not valid YAML (line 2, column 1)"),
         ("- lenet\n- cnn\n", "must be a mapping of option: value"),
+        ("lr: 0.1\nepochs: 2\nlr: 0.3\n", "sets 'lr' twice (lines 1 and 3): keep one"),
     ],
 )
 def test_invalid_config_files_are_explained(tmp_path, text, message):

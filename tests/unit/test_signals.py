@@ -1,0 +1,53 @@
+"""Stop signals in a real process: the first Ctrl-C asks for a checkpoint, a later second one aborts."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from helpers import REPO
+
+WAITER = """
+import time
+from mnist_dist.signals import StopRequest
+with StopRequest() as stop:
+    print("ready", flush=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stop.signal_name is None:
+        time.sleep(0.01)
+    time.sleep(3 if stop.signal_name else 0)  # for the signals that follow
+    print("asked by", stop.signal_name, flush=True)
+"""
+
+
+def start_waiter() -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", WAITER], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_a_second_ctrl_c_a_second_later_aborts_at_once_with_one_line():
+    process = start_waiter()
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # within a second: a launcher's copy of the first, not a second press
+    time.sleep(1.2)
+    assert process.poll() is None
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=10)
+    assert process.returncode == 130 and time.monotonic() - started < 5
+    assert stderr.startswith("error: interrupted again: stopped at once, without a checkpoint")
+    assert "Traceback" not in stderr and "asked by" not in stdout
+
+
+def test_sigterm_and_one_ctrl_c_only_ask_and_keep_the_first_name():
+    for number, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
+        process = start_waiter()
+        process.send_signal(number)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGUSR1)  # a later signal does not rename the request
+        stdout, stderr = process.communicate(timeout=10)
+        assert process.returncode == 0 and stdout.strip() == f"asked by {name}", stderr
