@@ -43,15 +43,16 @@ def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
 class Checkpointer:
     """Decides when to save, saves in a coordinated way across ranks, and finds and loads what to resume.
 
-    The trainer `attach`es what a checkpoint holds; then `maybe_save(step)` after every optimizer
-    step and `maybe_save(step, epoch_end=True)` after each epoch's evaluation save when due.
+    The trainer `attach`es what a checkpoint holds, asks `due(step, last_of_epoch)` after every
+    optimizer step (it checks the run's health before a save), and calls `maybe_save(step,
+    epoch_end=True)` after each epoch's evaluation.
     """
 
-    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path):
+    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None):
         self.config = config
         self.accelerator = accelerator
-        self.folder = run_dir / "checkpoints"
-        self.enabled = config.writes_files  # a dry run writes no checkpoint
+        self.enabled = config.writes_files and run_dir is not None  # a dry run writes no checkpoint, finds none
+        self.folder = run_dir / "checkpoints" if self.enabled else None
         self.contents: Callable[[], tuple] | None = None
 
     def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state) -> None:
@@ -59,15 +60,18 @@ class Checkpointer:
         schedule, the training state, and `rank_state()`, this rank's own state at the time of saving."""
         self.contents = lambda: (state, module, optimizer, scheduler, rank_state())
 
-    def due(self, step: int, epoch_end: bool = False) -> bool:
-        """Every `checkpoint_every` steps, and at epoch ends with `checkpoint_epochs`. The trainer asks
-        at an epoch's last step only with epoch_end=True, after the evaluation, so no step is saved twice."""
+    def due(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> bool:
+        """After a step: every `checkpoint_every` steps, except an epoch's last step when the epoch's end
+        saves it (`checkpoint_epochs`), so no step is saved twice. At an epoch's end (after its
+        evaluation): with `checkpoint_epochs`."""
+        if epoch_end:
+            return self.enabled and self.config.checkpoint_epochs
         every = self.config.checkpoint_every
         by_steps = every > 0 and step % every == 0
-        return self.enabled and (by_steps or (epoch_end and self.config.checkpoint_epochs))
+        return self.enabled and by_steps and not (last_of_epoch and self.config.checkpoint_epochs)
 
-    def maybe_save(self, step: int, epoch_end: bool = False) -> Path | None:
-        return self.save_now() if self.due(step, epoch_end) else None
+    def maybe_save(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> Path | None:
+        return self.save_now() if self.due(step, last_of_epoch, epoch_end) else None
 
     def save_now(self) -> Path:
         """Save what the trainer attached, due or not (a stop signal asks for it)."""

@@ -181,6 +181,8 @@ class Config:
     @property
     def run_path(self) -> Path:
         """The run directory (run.py resolves `run_dir` before training: runs/<run name> by default)."""
+        if not self.run_dir:  # not "", which Path reads as the current folder
+            raise ValueError("run_dir is resolved by run.resolve before a run uses it")
         return Path(self.run_dir)
 
     def to_dict(self) -> dict[str, Any]:

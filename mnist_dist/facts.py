@@ -45,5 +45,5 @@ def system_facts(accelerator: Accelerator) -> dict[str, Any]:
         "torchvision_version": version("torchvision"),  # without importing it (about 1 s)
         "accelerate_version": version("accelerate"),
         "python_version": platform.python_version(),
-        **git_state(),
+        **(git_state() if accelerator.is_main_process else {}),  # the process that reports them asks git
     }

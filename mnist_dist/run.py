@@ -25,7 +25,7 @@ def resolve(config: Config, accelerator: Accelerator) -> Config:
         config = dataclasses.replace(config, epochs=1, max_steps=1, wandb="disabled")
     name = [config.run_name or f"{config.model}-{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"]
     broadcast_object_list(name)  # a no-op in a single process
-    run_dir = config.run_dir or str(Path("runs") / name[0])
+    run_dir = str(Path(config.run_dir or Path("runs") / name[0]))  # as Path spells it: ./out/ -> out
     return dataclasses.replace(config, run_name=name[0], run_dir=run_dir)
 
 

@@ -56,7 +56,7 @@ class Tracker:
             if resumed_step is not None:
                 drop_rows_after(run_dir / "metrics.jsonl", resumed_step)
             self.metrics_file = (run_dir / "metrics.jsonl").open("a")
-        mode = "disabled" if config.dry_run else wandb_mode(config.wandb)
+        mode = wandb_mode(config.wandb)  # a dry run's resolved config has W&B disabled
         if mode != "disabled":
             self.wandb = WandbRun.start(config, run_dir, mode, facts, say, resumed_run_id)
 

@@ -65,7 +65,7 @@ class Trainer:
         self.sums = EpochSums(self.device)  # this rank's loss sum, correct count and samples in the epoch
         self.stop = StopRequest()  # SIGTERM/SIGUSR1 -> checkpoint and exit, while fit() runs
         self.console = TrainingConsole(self.is_main)
-        self.checkpointer = Checkpointer(config, accelerator, config.run_path)
+        self.checkpointer = Checkpointer(config, accelerator, config.run_path if config.writes_files else None)
         resumed = self.resume()
         self.console.show_config(config.to_dict(), facts)
         self.tracker = self.start_tracker(resumed)
@@ -191,8 +191,7 @@ class Trainer:
         self.console.advance()
         if step % self.config.log_every == 0:
             self.log_step(plan.epoch, step_in_epoch)
-        # The epoch's last step is saved by end_epoch instead, after the evaluation.
-        save_now = step_in_epoch < plan.last_step and self.checkpointer.due(step)
+        save_now = self.checkpointer.due(step, last_of_epoch=step_in_epoch == plan.last_step)
         self.check_health(force=save_now)  # never checkpoint a diverged run
         if save_now:
             self.checkpointer.save_now()
@@ -244,10 +243,11 @@ class Trainer:
             self.sums = EpochSums(self.device)
         self.checkpointer.maybe_save(state.step, epoch_end=True)  # train_epoch checked the health last
 
-    def start_log_interval(self) -> None:
+    def start_log_interval(self, loss_sum: float | None = None) -> None:
         """Progress lines report the loss and speed since the last one; the epoch's loss sum on the
         device is read (a host sync) only when a line is due."""
-        self.logged_loss, self.interval_samples = self.sums.loss.item(), 0
+        self.logged_loss = self.sums.loss.item() if loss_sum is None else loss_sum
+        self.interval_samples = 0
         self.interval_start = time.perf_counter()
 
     def log_step(self, epoch: int, step_in_epoch: int) -> None:
@@ -258,7 +258,7 @@ class Trainer:
         self.console.log_step(step_in_epoch, loss, lr, samples_per_second)
         row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second}
         self.tracker.log("step", self.state.step, row)
-        self.start_log_interval()
+        self.start_log_interval(loss_sum)
 
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
         """Save the final model, print the summary, write summary.json, send the final results to W&B."""

@@ -38,7 +38,7 @@ def sample_draws(indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
     overhead than in arithmetic. Its bits are split between the draws (random_shift).
     """
     key = hash32(hash32(seed & MASK) ^ (epoch & MASK))  # a Python int: one per (seed, epoch)
-    return hash32((indices & MASK) ^ key)
+    return hash32(indices ^ key)  # dataset positions are below 2^32 already
 
 
 def random_shift(images: torch.Tensor, max_shift: int, flip: bool, draws: torch.Tensor) -> torch.Tensor:

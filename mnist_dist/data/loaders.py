@@ -33,15 +33,27 @@ MAX_SHARE_OF_FREE_MEMORY = 0.25
 
 
 class TrainBatches:
-    """The contract: `set_epoch`, `len()`, and iteration over (images, labels) on the device."""
+    """The contract: `set_epoch`, `len()`, and iteration over (images, labels) on the device.
 
-    def __init__(self, dataset: ImageSet, batch_size: int, device: torch.device, rank: int, world_size: int, seed: int):
+    `augment` (--augment): each sample's transform, drawn from (seed, epoch, sample index).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageSet,
+        batch_size: int,
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        seed: int,
+        augment: Augmenter | None = None,
+    ):
         self.sampler = train_sampler(dataset, rank, world_size, seed)
         self.batch_size = batch_size
         self.device = device
         self.indices: list[int] = []  # this epoch's samples still to train, in order
         self.epoch = 0
-        self.augment: Augmenter | None = None  # --augment: each sample's transform from (seed, epoch, index)
+        self.augment = augment
 
     @property
     def batches_per_epoch(self) -> int:
@@ -65,10 +77,10 @@ class TrainBatches:
 
 
 class ResidentBatches(TrainBatches):
-    def __init__(self, dataset: ImageSet, batch_size: int, device: torch.device, rank: int, world_size: int, seed: int):
-        super().__init__(dataset, batch_size, device, rank, world_size, seed)
-        self.images = dataset.images.to(device)  # uint8 (N, C, H, W): converted per batch, on the device
-        self.labels = dataset.labels.to(device)
+    def __init__(self, dataset: ImageSet, *shard, augment: Augmenter | None = None):
+        super().__init__(dataset, *shard, augment=augment)
+        self.images = dataset.images.to(self.device)  # uint8 (N, C, H, W): converted per batch, on the device
+        self.labels = dataset.labels.to(self.device)
 
     def __iter__(self) -> Iterator[Batch]:
         order = torch.as_tensor(self.indices, dtype=torch.int64, device=self.device)
@@ -79,11 +91,10 @@ class ResidentBatches(TrainBatches):
 
 
 class DataLoaderBatches(TrainBatches):
-    num_workers = 0  # DataLoader worker processes (0: load in the training process; the data is in memory)
-
-    def __init__(self, dataset: ImageSet, batch_size: int, device: torch.device, rank: int, world_size: int, seed: int):
-        super().__init__(dataset, batch_size, device, rank, world_size, seed)
+    def __init__(self, dataset: ImageSet, *shard, augment: Augmenter | None = None, num_workers: int = 0):
+        super().__init__(dataset, *shard, augment=augment)
         self.dataset = dataset
+        self.num_workers = num_workers  # worker processes (0: load in the training process; the data is in memory)
 
     def __iter__(self) -> Iterator[Batch]:
         # Not passed to accelerator.prepare, which would shard it a second time. Its own generator
@@ -117,13 +128,10 @@ def fits_on(dataset: ImageSet, device: torch.device) -> bool:
 def build_train_loader(config: Config, dataset: ImageSet, device: torch.device, rank: int, world_size: int):
     """`--loader resident`, `dataloader`, or `auto`: resident when the split fits on the device."""
     shard = (dataset, config.batch_size, device, rank, world_size, config.seed)
+    augment = Augmenter(config.dataset, config.seed) if config.augment else None
     if config.loader == "resident" or (config.loader == "auto" and fits_on(dataset, device)):
-        loader = ResidentBatches(*shard)
-    else:
-        loader = DataLoaderBatches(*shard)
-        loader.num_workers = config.num_workers
-    loader.augment = Augmenter(config.dataset, config.seed) if config.augment else None
-    return loader
+        return ResidentBatches(*shard, augment=augment)
+    return DataLoaderBatches(*shard, augment=augment, num_workers=config.num_workers)
 
 
 def accumulation_groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:

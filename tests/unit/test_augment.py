@@ -55,8 +55,7 @@ def test_ranks_loaders_and_batch_sizes_see_the_same_augmented_samples():
     seen = {}
     for kind, batch_size, world_size in ((ResidentBatches, 16, 1), (ResidentBatches, 8, 2), (DataLoaderBatches, 8, 2)):
         for rank in range(world_size):
-            loader = kind(dataset, batch_size, cpu, rank, world_size, seed=11)
-            loader.augment = Augmenter("digits", seed=11)
+            loader = kind(dataset, batch_size, cpu, rank, world_size, 11, augment=Augmenter("digits", seed=11))
             loader.set_epoch(5)
             for images, labels in loader:  # labels are the samples' indices here
                 for image, index in zip(images, labels.tolist()):

@@ -68,7 +68,7 @@ def test_resident_and_dataloader_paths_yield_the_same_batches():
     dataset = ImageSet(images, torch.arange(103) % 10)
     cpu = torch.device("cpu")
     for rank in range(2):
-        resident, classic = (kind(dataset, 16, cpu, rank, 2, seed=5) for kind in (ResidentBatches, DataLoaderBatches))
+        resident, classic = (kind(dataset, 16, cpu, rank, 2, 5) for kind in (ResidentBatches, DataLoaderBatches))
         for loader in (resident, classic):
             loader.set_epoch(3)
         assert len(resident) == len(classic) == 4  # 52 samples per rank: 3 full batches and 4
@@ -82,7 +82,7 @@ def test_resident_and_dataloader_paths_yield_the_same_batches():
 
 def test_a_resumed_epoch_skips_the_batches_already_trained():
     dataset = ImageSet(torch.randint(0, 256, (100, 1, 4, 4), dtype=torch.uint8), torch.arange(100) % 10)
-    loader = ResidentBatches(dataset, 16, torch.device("cpu"), 0, 1, seed=1)
+    loader = ResidentBatches(dataset, 16, torch.device("cpu"), 0, 1, 1)
     loader.set_epoch(2)
     whole = [labels for _, labels in loader]
     loader.set_epoch(2, skip_batches=4)
