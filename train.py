@@ -7,6 +7,7 @@
 
 python train.py --help lists every option. Exit codes (mnist_dist/errors.py): 0 finished, 1 crashed,
 2 bad input, 3 stopped by a signal or Ctrl-C after a checkpoint (run again to resume), 4 the loss diverged,
+5 another process stopped responding or ended (--collective-timeout),
 130 interrupted without a checkpoint (a second Ctrl-C).
 """
 

@@ -28,7 +28,10 @@ LOADERS = ("auto", "resident", "dataloader")
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
-NOT_NEGATIVE += ("checkpoint_every", "seed")
+NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout")
+# Seconds a collective waits by default: a stuck node is found in minutes, not torch's 30 (gloo) or 10 (NCCL).
+# A checkpoint written to a slow shared filesystem, or an evaluation, must fit in it: the others wait.
+DEFAULT_TIMEOUTS = {"cpu": 300, "cuda": 600}
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")  # a plain folder name: no path separators, no spaces
 CHOICES = {
     "dataset": DATASETS,
@@ -91,6 +94,11 @@ class Config:
         "auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16"
     )
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
+    collective_timeout: int = option(
+        0,
+        "seconds a process waits for the others in a collective before the job ends (exit 5, the last checkpoint "
+        f"kept); 0: {DEFAULT_TIMEOUTS['cpu']} on CPUs (gloo), {DEFAULT_TIMEOUTS['cuda']} on GPUs (NCCL)",
+    )
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(
         False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off"

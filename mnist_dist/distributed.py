@@ -1,12 +1,13 @@
 """Devices, precision and the process group, all through one Accelerator."""
 
+import datetime
 import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env, set_seed
 
-from mnist_dist.config import Config
+from mnist_dist.config import DEFAULT_TIMEOUTS, Config
 from mnist_dist.errors import ConfigError
 
 
@@ -26,7 +27,28 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return requested
 
 
-def join_restarted_group(backend: str) -> None:
+def collective_timeout(config: Config, device_type: str) -> datetime.timedelta:
+    """How long a collective may wait for the other processes (--collective-timeout; 0: by device).
+
+    With NCCL, a timed-out collective must also end the process: asynchronous error handling
+    (TORCH_NCCL_ASYNC_ERROR_HANDLING=1) tears the communicator down and raises, instead of hanging.
+    """
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    seconds = config.collective_timeout or DEFAULT_TIMEOUTS["cuda" if device_type == "cuda" else "cpu"]
+    return datetime.timedelta(seconds=seconds)
+
+
+# What gloo and NCCL say when a peer stops answering or goes away (RuntimeError or DistBackendError).
+LOST_PEER_MESSAGES = ("timeout", "timed out", "connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a failed collective means another process stopped responding or ended."""
+    message = str(error).lower()
+    return torch.distributed.is_initialized() and any(text in message for text in LOST_PEER_MESSAGES)
+
+
+def join_restarted_group(backend: str, timeout: datetime.timedelta) -> None:
     """Form the process group of a torchrun restart (--max-restarts) ourselves.
 
     torchrun's agent serves one key-value store for all attempts, and the restarted workers would
@@ -44,6 +66,7 @@ def join_restarted_group(backend: str) -> None:
         store=torch.distributed.PrefixStore(f"attempt-{attempt}", store),
         rank=int(os.environ["RANK"]),
         world_size=launched_world_size(),
+        timeout=timeout,
     )
 
 
@@ -63,12 +86,14 @@ def build_accelerator(config: Config) -> Accelerator:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    join_restarted_group("nccl" if device_type == "cuda" else "gloo")
+    timeout = collective_timeout(config, device_type)
+    join_restarted_group("nccl" if device_type == "cuda" else "gloo", timeout)
     # Without GPUs, Accelerate forms a gloo group from torchrun's processes only when told
     # cpu=True; otherwise each process silently trains alone on the whole dataset.
     accelerator = Accelerator(
         cpu=device_type == "cpu",
         mixed_precision=resolve_precision(config.mixed_precision, device_type),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
     )
     if accelerator.num_processes != launched_world_size():
         raise RuntimeError(

@@ -6,6 +6,7 @@ traceback) and exit with the class's exit code:
     2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
     3  stopped by SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) after writing a checkpoint: run again to resume (Preempted)
     4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
+    5  another process stopped responding or ended; the last complete checkpoint is kept (LostProcess)
   130  a second Ctrl-C, or Ctrl-C before or after the training loop: no new checkpoint (Interrupted)
 
 Also the two helpers every such message uses: `first_line` and `did_you_mean`.
@@ -43,13 +44,19 @@ class Diverged(Exception):
     exit_code = 4
 
 
+class LostProcess(Exception):
+    """A collective failed: another process stopped responding (--collective-timeout) or ended."""
+
+    exit_code = 5
+
+
 class Interrupted(Exception):
     """Ctrl-C outside the training loop (start-up, the final save), where there is no step to finish."""
 
     exit_code = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 
-STOPS = (UserError, Preempted, Diverged)
+STOPS = (UserError, Preempted, Diverged, LostProcess)
 
 
 def first_line(error: BaseException) -> str:

@@ -10,8 +10,8 @@ from accelerate.utils import broadcast_object_list
 from mnist_dist.cli import save_yaml
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
-from mnist_dist.distributed import build_accelerator
-from mnist_dist.errors import UserError
+from mnist_dist.distributed import build_accelerator, lost_peer
+from mnist_dist.errors import LostProcess, UserError, first_line
 from mnist_dist.facts import system_facts
 from mnist_dist.trainer import Trainer
 
@@ -55,6 +55,10 @@ def train(config: Config) -> dict:
         # leaves early can abort the others ("terminate called without an active exception").
         accelerator.wait_for_everyone()
         return results
+    except RuntimeError as error:
+        if trainer is None or not lost_peer(error):
+            raise
+        raise LostProcess(trainer.lost_process_message(first_line(error))) from None
     finally:
         if trainer is not None:
             trainer.close()

@@ -27,7 +27,7 @@ from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.loaders import accumulation_groups, build_train_loader
 from mnist_dist.data.sharding import eval_shard
-from mnist_dist.distributed import share_rank0_buffers, wrap_for_training
+from mnist_dist.distributed import collective_timeout, share_rank0_buffers, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate, predict_split
 from mnist_dist.models import build_model
@@ -221,6 +221,16 @@ class Trainer:
                 else "no run dir to save to"
             )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
+
+    def lost_process_message(self, reason: str) -> str:
+        """What a user reads when a collective failed because another process stopped responding or ended."""
+        last = self.checkpointer.complete_checkpoints()
+        kept = f"the last complete checkpoint, {last[-1]}, is intact" if last else "no checkpoint was written yet"
+        seconds = collective_timeout(self.config, self.device.type).total_seconds()
+        return (
+            f"another process stopped responding or ended, after step {self.state.step} ({reason}; a collective "
+            f"waits at most {seconds:g} s, --collective-timeout); {kept}: run the same command again to resume."
+        )
 
     def evaluate(self) -> EvalResult:
         share_rank0_buffers(self.module, self.accelerator.num_processes)

@@ -4,7 +4,9 @@ A resumed run must end with exactly the weights of an uninterrupted one (determi
 same seed), having trained every sample of the interrupted epoch once.
 """
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,6 +160,29 @@ def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(processes, unin
     code, stdout, stderr = run(run_dir, data_dir, processes)
     assert code == 0 and "resumed from" in stdout, stderr[-3000:]
     assert_same_weights(run_dir, uninterrupted[processes], WEIGHTS_DIFFER)
+
+
+def test_a_stopped_rank_ends_the_job_after_the_timeout_and_the_same_command_resumes(uninterrupted, data_dir, tmp_path):
+    run_dir, timeout = tmp_path / "run", ["--collective-timeout", "15"]
+    process = start(run_dir, data_dir, 2, timeout)
+    wait_for(run_dir / "checkpoints" / "step-000040" / "COMPLETE", process)
+    rank1 = next(p for p in workers(process) if p.environ().get("RANK") == "1")
+    rank1.suspend()  # SIGSTOP: a stuck node, or a process swapped out
+    started = time.monotonic()
+    try:
+        code, _, stderr = finish(process, timeout=120)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            rank1.resume()
+    # Rank 0 gives up after 15 s; torchrun then waits 30 s for the stopped rank before it kills it.
+    assert time.monotonic() - started < 15 + 45
+    assert code != 0 and re.search(r"exitcode\s*:\s*5\b", stderr), stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "another process stopped responding or ended" in lines[0], stderr[-3000:]
+    assert "a collective waits at most 15 s" in lines[0] and "is intact" in lines[0]
+    code, stdout, stderr = run(run_dir, data_dir, 2, timeout)
+    assert code == 0 and "resumed from" in stdout, stderr[-3000:]
+    assert_same_weights(run_dir, uninterrupted[2], WEIGHTS_DIFFER)
 
 
 def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path):
