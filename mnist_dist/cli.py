@@ -104,5 +104,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return make_config(values)
 
 
-def save_yaml(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def yaml_text(config: Config) -> str:
+    """The config as the YAML of a `--config` file, options in their declared order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

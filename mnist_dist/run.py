@@ -7,12 +7,14 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.cli import save_yaml
+from mnist_dist.atomic import write_atomically
+from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
 from mnist_dist.distributed import build_accelerator, lost_peer
 from mnist_dist.errors import LostProcess, UserError, first_line
 from mnist_dist.facts import system_facts
+from mnist_dist.run_lock import RunInUse, RunLock
 from mnist_dist.trainer import Trainer
 
 
@@ -29,27 +31,46 @@ def resolve(config: Config, accelerator: Accelerator) -> Config:
     return dataclasses.replace(config, run_name=name[0], run_dir=run_dir)
 
 
-def prepare_run_dir(config: Config, accelerator: Accelerator) -> None:
-    """The main process makes the run directory and writes the resolved config.yaml into it."""
+def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
+    """The main process takes the run directory's lock before anything is written; every rank learns
+    whether it got it, so that a refused job ends on every rank with the same line."""
+    lock, refusal = None, None
+    if config.writes_files and accelerator.is_main_process:
+        lock = RunLock(config.run_path)
+        try:
+            lock.acquire()
+        except RunInUse as error:
+            refusal = str(error)
+        except OSError as error:
+            refusal = f"cannot write the run directory {config.run_dir} ({error.strerror}): pass a writable --run-dir."
+    verdict = [refusal]
+    broadcast_object_list(verdict)  # a no-op in a single process
+    if verdict[0]:
+        raise RunInUse(verdict[0])
+    return lock
+
+
+def save_config(config: Config, accelerator: Accelerator) -> None:
+    """config.yaml, written once the run is sure to train: a refused rerun leaves the old one as it was."""
     if not (config.writes_files and accelerator.is_main_process):
         return
     try:
-        config.run_path.mkdir(parents=True, exist_ok=True)
-        save_yaml(config, config.run_path / "config.yaml")
+        write_atomically(config.run_path / "config.yaml", yaml_text(config))
     except OSError as error:
         raise UserError(
-            f"cannot write the run directory {config.run_dir} ({error.strerror}): pass a writable --run-dir."
+            f"cannot write {config.run_path / 'config.yaml'} ({error.strerror}): pass a writable --run-dir."
         ) from None
 
 
 def train(config: Config) -> dict:
     accelerator = build_accelerator(config)
-    trainer = None
+    trainer = lock = None
     try:
         config = resolve(config, accelerator)
-        prepare_run_dir(config, accelerator)
+        lock = lock_run_dir(config, accelerator)
         data = load_dataset_main_first(config, accelerator)
         trainer = Trainer(config, accelerator, data, system_facts(accelerator))
+        save_config(config, accelerator)  # after the checkpoint was found to fit the options
         results = trainer.fit()
         # No rank tears the process group down while another still talks in it: a gloo rank that
         # leaves early can abort the others ("terminate called without an active exception").
@@ -62,4 +83,6 @@ def train(config: Config) -> dict:
     finally:
         if trainer is not None:
             trainer.close()
+        if lock is not None:
+            lock.release()  # also removes a run directory this job made and left empty
         accelerator.end_training()  # also destroys the process group

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from mnist_dist.cli import load_yaml, parse_config, save_yaml
+from mnist_dist.cli import load_yaml, parse_config, yaml_text
 from mnist_dist.config import MODELS, Config, make_config
 from mnist_dist.errors import ConfigError
 
@@ -46,7 +46,7 @@ def test_shipped_configs_load(name):
 
 def test_saved_config_loads_back_equal(tmp_path):
     config = parse_config(["--model", "mlp", "--lr", "0.003", "--no-download"])
-    save_yaml(config, tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(yaml_text(config))
     assert make_config(load_yaml(str(tmp_path / "config.yaml"))) == config
 
 

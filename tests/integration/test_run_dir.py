@@ -1,0 +1,63 @@
+"""A run directory belongs to one job at a time, and a job that is refused or fails leaves it as it was."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+from helpers import assert_clean_error, metrics_rows, run_script, start_script
+
+from mnist_dist.run_lock import LOCK_FILE
+
+
+def lenet_args(data_dir, run_dir, *extra) -> list:
+    return ["--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled", "--model", "lenet", *extra]
+
+
+def test_a_second_job_on_the_same_run_directory_is_refused_and_touches_nothing(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = lenet_args(data_dir, run_dir, "--epochs", "6", "--checkpoint-every", "50", "--log-every", "10")
+    first = start_script("train.py", args)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists():  # the first job holds the lock and trains
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    config = (run_dir / "config.yaml").read_bytes()
+    second = run_script("train.py", args)
+    assert_clean_error(second, f"run directory {run_dir} is in use by process {first.pid}")
+    assert (run_dir / "config.yaml").read_bytes() == config
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    steps = [row["step"] for row in metrics_rows(run_dir) if row["type"] == "step"]
+    assert steps == list(range(10, steps[-1] + 1, 10))  # every logged step once, in order
+    assert not (run_dir / LOCK_FILE).exists()  # released at the end
+    again = run_script("train.py", args)  # its checkpoints load
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+
+
+def test_a_lock_whose_process_has_ended_is_taken_over_with_one_warning(data_dir, tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    facts = {"host": socket.gethostname(), "pid": int(ended.stdout), "heartbeat": time.time()}
+    (run_dir / LOCK_FILE).write_text(json.dumps(facts))
+    result = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: taking over the lock")]
+    assert len(warnings) == 1 and f"its process {facts['pid']}" in warnings[0]
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_refused_rerun_and_a_failed_start_change_nothing(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5")).returncode == 0
+    written = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    refused = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5", "--batch-size", "32"))
+    assert_clean_error(refused, "was written with batch_size=")
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == written
+    new_dir = tmp_path / "new" / "run"
+    no_data = ["--dataset", "mnist", "--no-download", "--data-dir", tmp_path / "no-data"]
+    failed = run_script("train.py", [*no_data, "--run-dir", new_dir, "--wandb", "disabled"])
+    assert_clean_error(failed, "dataset files not found")
+    assert not (tmp_path / "new").exists()  # neither the run folder nor the folder above it
