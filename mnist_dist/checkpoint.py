@@ -30,7 +30,7 @@ from mnist_dist.atomic import replace_atomically, write_atomically
 from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
 from mnist_dist.config import Config
 from mnist_dist.errors import Diverged, UserError
-from mnist_dist.resume import TrainingState, check_fits, load_weights, read_state, restore_training, rng_states
+from mnist_dist.resume import DamagedCheckpoint, TrainingState, apply_checkpoint, read_checkpoint, rng_states
 
 
 def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
@@ -160,27 +160,56 @@ class Checkpointer:
     def complete_checkpoints(self) -> list[Path]:
         return complete_checkpoints(self.folder)
 
+    def what_is_kept(self, sentence: str) -> str:
+        """`sentence` with the newest complete checkpoint in it, for a run that stops; or that there is none."""
+        complete = self.complete_checkpoints()
+        return sentence.format(complete[-1]) if complete else "no checkpoint was written"
+
     def find(self, resume: str) -> Path | None:
         """auto: the newest complete checkpoint of the run dir (or none); none; or a checkpoint folder."""
+        candidates = self.candidates(resume)
+        return candidates[0] if candidates else None
+
+    def candidates(self, resume: str) -> list[Path]:
+        """What --resume may continue from, the preferred first: auto, every complete checkpoint, newest
+        first; a path, the checkpoint it names; none, nothing."""
         if resume == "none":
-            return None
+            return []
         if resume == "auto":
-            complete = self.complete_checkpoints()
-            return complete[-1] if complete else None
+            return self.complete_checkpoints()[::-1]
         path = Path(resume)
         newest = newest_checkpoint(path)  # a run dir: its newest checkpoint
         if newest is not None:
-            return newest
+            return [newest]
         if not (path / COMPLETE).is_file():
             raise UserError(
                 f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
                 "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder."
             )
-        return path
+        return [path]
+
+    def resume(self, module: torch.nn.Module, optimizer, scheduler, say) -> tuple[Path, TrainingState, dict] | None:
+        """Load the newest checkpoint that every rank can read (--resume auto skips a damaged one with a
+        warning, leaving it on disk; a named one must load). Returns (path, state, this rank's state)."""
+        strict = self.config.resume != "auto"
+        for path in self.candidates(self.config.resume):
+            loaded, failure = None, None
+            try:
+                loaded = read_checkpoint(path, self.config, self.accelerator)
+            except DamagedCheckpoint as error:
+                failure = str(error)
+            failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
+            if failures and strict:
+                raise DamagedCheckpoint(failures[0])
+            if failures:
+                say(f"warning: skipping checkpoint {path}: {failures[0]}")
+                continue
+            apply_checkpoint(loaded, module, optimizer, scheduler, self.accelerator)
+            return path, loaded.state, loaded.rank_state
+        return None
 
     def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:
         """Restore everything saved at `path`; returns the training state and this rank's saved state."""
-        state, saved_config = read_state(path)
-        check_fits(path, state, saved_config, self.config, self.accelerator.num_processes)
-        load_weights(path, module)
-        return state, restore_training(path, self.accelerator, optimizer, scheduler)
+        loaded = read_checkpoint(path, self.config, self.accelerator)
+        apply_checkpoint(loaded, module, optimizer, scheduler, self.accelerator)
+        return loaded.state, loaded.rank_state

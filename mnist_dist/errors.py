@@ -78,5 +78,7 @@ def report_error(error: Exception) -> None:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
-    elif not isinstance(error, (ConfigError, Preempted, Diverged, Interrupted)):
+    elif not isinstance(error, (ConfigError, Preempted, Diverged, Interrupted)) and not getattr(
+        error, "same_on_every_rank", False
+    ):
         print(f"error: rank {rank}: {error}", file=sys.stderr, flush=True)

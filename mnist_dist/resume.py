@@ -8,7 +8,7 @@ rank's RNG states and epoch sums (torch.load with weights_only=True: a crafted p
 import json
 import pickle
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,13 @@ MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
 DELETE_IT = "delete that checkpoint or pass --resume none."
+NOT_NEGATIVE = ("step", "epoch", "batches_done", "epochs_since_best")
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint whose files are missing, cut short, or hold what this program never writes."""
+
+    same_on_every_rank = True  # the ranks agree on it before anyone says it (Checkpointer.resume)
 
 
 @dataclass
@@ -63,25 +70,44 @@ def set_rng_states(states: dict) -> None:
 def load_data(path: Path) -> dict:
     """torch.load restricted to tensors and plain data: a crafted pickle is refused, never run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UserError(
+        raise DamagedCheckpoint(
             f"refusing to load {path}: it holds more than tensors and plain data ({first_line(error)}). "
             "Use a checkpoint this program wrote, or --resume none."
         ) from None
     except (OSError, RuntimeError, EOFError) as error:
-        raise UserError(f"checkpoint file {path} is unreadable ({error}); {DELETE_IT}") from None
+        raise DamagedCheckpoint(f"checkpoint file {path} is unreadable ({first_line(error)}); {DELETE_IT}") from None
+    if not isinstance(data, dict):
+        raise DamagedCheckpoint(f"checkpoint file {path} holds a {type(data).__name__}, not a mapping; {DELETE_IT}")
+    return data
+
+
+def state_from_json(saved: dict) -> TrainingState:
+    """A TrainingState from state.json, each field of its type (and not negative where it counts)."""
+    values = {}
+    for field in fields(TrainingState):
+        value = saved[field.name]
+        kinds = (int, float) if field.type is float else field.type  # an int is a float too (best_accuracy 1)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"{field.name} is {value!r}, not {field.type}")
+        if field.name in NOT_NEGATIVE and value < 0 or field.name == "world_size" and value < 1:
+            raise ValueError(f"{field.name} is {value}")
+        values[field.name] = value
+    return TrainingState(**values)
 
 
 def read_state(path: Path) -> tuple[TrainingState, dict]:
     """The training state of the checkpoint at `path` and the config it was written with."""
     try:
         saved = json.loads((path / "state.json").read_text())
-        config = saved.pop("config")
-        return TrainingState(**saved), config
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise UserError(
-            f"checkpoint {path} has no valid state.json ({error}); delete it or pass --resume none."
+        config = saved["config"]
+        if not isinstance(config, dict):
+            raise TypeError(f"config is {config!r}")
+        return state_from_json(saved), config
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise DamagedCheckpoint(
+            f"checkpoint {path} has no valid state.json ({type(error).__name__}: {error}); {DELETE_IT}"
         ) from None
 
 
@@ -108,31 +134,51 @@ def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, wo
         )
 
 
-def load_weights(path: Path, module: torch.nn.Module) -> None:
+@dataclass
+class Loaded:
+    """A checkpoint read into memory and checked, before anything of this run changes."""
+
+    path: Path
+    state: TrainingState
+    weights: dict
+    training: dict  # optimizer, scheduler and grad-scaler states
+    rank_state: dict  # this rank's RNG states and epoch sums
+
+
+def read_checkpoint(path: Path, config: Config, accelerator: Accelerator) -> Loaded:
+    """Every file this rank needs from the checkpoint at `path`: DamagedCheckpoint if one cannot be read,
+    UserError if the checkpoint belongs to other options."""
+    state, saved_config = read_state(path)
+    check_fits(path, state, saved_config, config, accelerator.num_processes)
     try:
-        module.load_state_dict(load_file(str(path / "model.safetensors")))
+        weights = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError, RuntimeError) as error:
-        raise UserError(
-            f"cannot load the weights in {path}/model.safetensors ({first_line(error)}); {DELETE_IT}"
-        ) from None
-
-
-def restore_training(path: Path, accelerator: Accelerator, optimizer, scheduler) -> dict:
-    """Optimizer, schedule, grad scaler and this rank's RNG states; returns the rest of this rank's state."""
+        problem = f"cannot load the weights in {path}/model.safetensors ({first_line(error)})"
+        raise DamagedCheckpoint(f"{problem}; {DELETE_IT}") from None
     training = load_data(path / "training.pt")
     rank_state = load_data(path / f"rank-{accelerator.process_index}.pt")
+    missing = {"optimizer", "scheduler", "scaler"} - set(training) or {"rng", "epoch_sums"} - set(rank_state)
+    if missing:
+        raise DamagedCheckpoint(f"checkpoint {path} lacks {', '.join(sorted(missing))}; {DELETE_IT}")
+    return Loaded(path, state, weights, training, rank_state)
+
+
+def apply_checkpoint(loaded: Loaded, module: torch.nn.Module, optimizer, scheduler, accelerator: Accelerator) -> None:
+    """Weights, optimizer, schedule, grad scaler and this rank's RNG states, from a checkpoint read before."""
     # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
     kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
+    training = loaded.training
     try:
+        module.load_state_dict(loaded.weights)
         optimizer.load_state_dict(training["optimizer"])
         for group, keep in zip(optimizer.param_groups, kernels):
             group.update(keep)
         scheduler.load_state_dict(training["scheduler"])
         if accelerator.scaler is not None and training["scaler"]:
             accelerator.scaler.load_state_dict(training["scaler"])
-        set_rng_states(rank_state.pop("rng"))
+        set_rng_states(loaded.rank_state["rng"])
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise UserError(
-            f"checkpoint {path} holds unexpected training state ({type(error).__name__}: {error}); {DELETE_IT}"
+        raise DamagedCheckpoint(
+            f"checkpoint {loaded.path} holds unexpected training state ({type(error).__name__}: "
+            f"{first_line(error)}); {DELETE_IT}"
         ) from None
-    return rank_state

@@ -94,11 +94,13 @@ class Trainer:
         self.model, self.optimizer, self.step_optimizer = wrap_for_training(model, optimizer, config, self.accelerator)
 
     def resume(self) -> bool:
-        """Continue from the checkpoint that --resume names (auto: the run's newest), if there is one."""
-        path = self.checkpointer.find(self.config.resume) if self.config.writes_files else None
-        if path is None:
+        """Continue from the checkpoint that --resume names (auto: the run's newest loadable one), if any."""
+        if not self.config.writes_files:
             return False
-        self.state, rank_state = self.checkpointer.load(path, self.module, self.optimizer, self.scheduler)
+        resumed = self.checkpointer.resume(self.module, self.optimizer, self.scheduler, self.console.print)
+        if resumed is None:
+            return False
+        path, self.state, rank_state = resumed
         self.sums = EpochSums(self.device, rank_state)
         self.console.print(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
         return True
@@ -206,8 +208,7 @@ class Trainer:
         flags = self.accelerator.reduce(torch.stack([nonfinite.double(), signalled]), reduction="sum")
         nonfinite, stop = (value > 0 for value in flags.tolist())
         if nonfinite:
-            last = self.checkpointer.complete_checkpoints()
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written"
+            kept = self.checkpointer.what_is_kept("the last good checkpoint is {}")
             raise Diverged(
                 f"the training loss became NaN or infinite by step {self.state.step}; {kept}. "
                 "Lower --lr, or set --max-grad-norm."
@@ -224,8 +225,7 @@ class Trainer:
 
     def lost_process_message(self, reason: str) -> str:
         """What a user reads when a collective failed because another process stopped responding or ended."""
-        last = self.checkpointer.complete_checkpoints()
-        kept = f"the last complete checkpoint, {last[-1]}, is intact" if last else "no checkpoint was written yet"
+        kept = self.checkpointer.what_is_kept("the last complete checkpoint, {}, is intact")
         seconds = collective_timeout(self.config, self.device.type).total_seconds()
         return (
             f"another process stopped responding or ended, after step {self.state.step} ({reason}; a collective "

@@ -5,6 +5,7 @@ same seed), having trained every sample of the interrupted epoch once.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -70,13 +71,18 @@ def uninterrupted(tmp_path_factory, data_dir):
     return runs
 
 
-def kill_mid_epoch_then_resume(run_dir: Path, data_dir: Path, processes: int, extra=()) -> None:
+def kill_once_written(run_dir: Path, data_dir: Path, processes: int, checkpoint: str, extra=()) -> None:
+    """Start the run and SIGKILL it once `checkpoint` is complete (a newer one may be half-written)."""
     process = start(run_dir, data_dir, processes, extra)
-    wait_for(run_dir / "checkpoints" / "step-000080" / "COMPLETE", process)
+    wait_for(run_dir / "checkpoints" / checkpoint / "COMPLETE", process)
     for worker in workers(process):
         worker.kill()
     process.kill()
     finish(process)
+
+
+def kill_mid_epoch_then_resume(run_dir: Path, data_dir: Path, processes: int, extra=()) -> None:
+    kill_once_written(run_dir, data_dir, processes, "step-000080", extra)
     assert not (run_dir / "summary.json").exists(), "killed too late: the run had finished"
     code, stdout, stderr = run(run_dir, data_dir, processes, extra)
     assert code == 0, stderr[-3000:]
@@ -225,7 +231,7 @@ def test_a_crafted_pickle_is_refused_and_never_runs(checkpointed_run, data_dir, 
             return (os.system, (f"touch {marker}",))
 
     torch.save({"optimizer": Exploit()}, newest(checkpointed_run) / "training.pt")
-    code, _, stderr = run(checkpointed_run, data_dir, 1)
+    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--resume", newest(checkpointed_run)])
     assert code == 2, stderr[-2000:]
     assert "refusing to load" in stderr and "Traceback" not in stderr
     assert not marker.exists()
@@ -234,8 +240,46 @@ def test_a_crafted_pickle_is_refused_and_never_runs(checkpointed_run, data_dir, 
 def test_truncated_weights_are_a_clear_error(checkpointed_run, data_dir):
     path = newest(checkpointed_run) / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    code, _, stderr = run(checkpointed_run, data_dir, 1)
+    code, _, stderr = run(checkpointed_run, data_dir, 1, ["--resume", path.parent])  # named: it must load
     assert code == 2 and "cannot load the weights" in stderr and "Traceback" not in stderr
+
+
+def truncate_weights(checkpoint: Path, rank: int) -> None:
+    path = checkpoint / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def string_step(checkpoint: Path, rank: int) -> None:
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, "step": "240"}))
+
+
+def null_state(checkpoint: Path, rank: int) -> None:
+    (checkpoint / "state.json").write_text("null")
+
+
+def remove_rank_file(checkpoint: Path, rank: int) -> None:
+    (checkpoint / f"rank-{rank}.pt").unlink()  # the last rank's only: the others could load it
+
+
+@pytest.mark.parametrize(
+    "damage, processes",
+    [(truncate_weights, 1), (string_step, 1), (null_state, 1), (remove_rank_file, 2)],
+    ids=["truncated-weights", "string-step", "null-state", "missing-rank-file"],
+)
+def test_auto_resume_skips_a_damaged_newest_checkpoint_and_ends_identical(
+    damage, processes, uninterrupted, data_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    kill_once_written(run_dir, data_dir, processes, "step-000160")
+    damaged = newest(run_dir)
+    damage(damaged, processes - 1)
+    code, stdout, stderr = run(run_dir, data_dir, processes)
+    assert code == 0, stderr[-3000:]
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning: skipping checkpoint")]
+    assert len(warnings) == 1 and str(damaged) in warnings[0], stdout[-3000:]
+    assert "resumed from" in stdout and "Traceback" not in stderr
+    assert_same_weights(run_dir, uninterrupted[processes], WEIGHTS_DIFFER)
 
 
 def test_a_checkpoint_of_another_model_is_refused(checkpointed_run, data_dir):
