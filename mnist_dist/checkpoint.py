@@ -192,7 +192,7 @@ class Checkpointer:
         """Load the newest checkpoint that every rank can read (--resume auto skips a damaged one with a
         warning, leaving it on disk; a named one must load). Returns (path, state, this rank's state)."""
         strict = self.config.resume != "auto"
-        for path in self.candidates(self.config.resume):
+        for path in self.candidates(self.config.resume) if self.enabled else []:
             loaded, failure = None, None
             try:
                 loaded = read_checkpoint(path, self.config, self.accelerator)

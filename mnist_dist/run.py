@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import json
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -11,9 +12,10 @@ from mnist_dist.atomic import write_atomically
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
-from mnist_dist.distributed import build_accelerator, lost_peer
+from mnist_dist.distributed import build_accelerator, collective_timeout, lost_peer
 from mnist_dist.errors import LostProcess, UserError, first_line
 from mnist_dist.facts import system_facts
+from mnist_dist.resume import PLANNED_SCHEDULES
 from mnist_dist.run_lock import RunInUse, RunLock
 from mnist_dist.trainer import Trainer
 
@@ -62,6 +64,31 @@ def save_config(config: Config, accelerator: Accelerator) -> None:
         ) from None
 
 
+def report_finished(trainer: Trainer) -> dict:
+    """A finished run run again: say so and how to go on; return its summary, rewriting nothing."""
+    config, state = trainer.config, trainer.state
+    further = (
+        f"the {config.schedule} schedule is planned for the steps it took, so train a new run for more"
+        if config.schedule in PLANNED_SCHEDULES
+        else "to train further, raise --epochs or --max-steps"
+    )
+    trainer.console.print(
+        f"run {config.run_dir} has finished (step {state.step}, epoch {state.epoch}): nothing to do. "
+        f"{further[0].upper()}{further[1:]}; to start over, pass --resume none or another --run-name."
+    )
+    return json.loads((config.run_path / "summary.json").read_text())
+
+
+def lost_process_message(trainer: Trainer, reason: str) -> str:
+    """What a user reads when a collective failed because another process stopped responding or ended."""
+    kept = trainer.checkpointer.what_is_kept("the last complete checkpoint, {}, is intact")
+    seconds = collective_timeout(trainer.config, trainer.device.type).total_seconds()
+    return (
+        f"another process stopped responding or ended, after step {trainer.state.step} ({reason}; a collective "
+        f"waits at most {seconds:g} s, --collective-timeout); {kept}: run the same command again to resume."
+    )
+
+
 def train(config: Config) -> dict:
     accelerator = build_accelerator(config)
     trainer = lock = None
@@ -70,6 +97,8 @@ def train(config: Config) -> dict:
         lock = lock_run_dir(config, accelerator)
         data = load_dataset_main_first(config, accelerator)
         trainer = Trainer(config, accelerator, data, system_facts(accelerator))
+        if trainer.already_finished:
+            return report_finished(trainer)
         save_config(config, accelerator)  # after the checkpoint was found to fit the options
         results = trainer.fit()
         # No rank tears the process group down while another still talks in it: a gloo rank that
@@ -79,7 +108,7 @@ def train(config: Config) -> dict:
     except RuntimeError as error:
         if trainer is None or not lost_peer(error):
             raise
-        raise LostProcess(trainer.lost_process_message(first_line(error))) from None
+        raise LostProcess(lost_process_message(trainer, first_line(error))) from None
     finally:
         if trainer is not None:
             trainer.close()

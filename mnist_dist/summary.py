@@ -43,7 +43,7 @@ def epoch_row(epoch: int, train: dict, evaluation: EvalResult) -> dict:
         "eval_samples": evaluation.count,
         "epoch_seconds": train["seconds"],  # training only; evaluation is eval_seconds
         "eval_seconds": train["eval_seconds"],
-        "samples_per_second": train["samples"] / train["seconds"],
+        "samples_per_second": train["samples_per_second"],  # of what this job trained in the epoch
     }
 
 

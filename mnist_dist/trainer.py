@@ -13,6 +13,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.loaders import accumulation_groups, build_train_loader
 from mnist_dist.data.sharding import eval_shard
-from mnist_dist.distributed import collective_timeout, share_rank0_buffers, wrap_for_training
+from mnist_dist.distributed import share_rank0_buffers, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate, predict_split
 from mnist_dist.models import build_model
@@ -67,8 +68,13 @@ class Trainer:
         self.console = TrainingConsole(self.is_main)
         self.checkpointer = Checkpointer(config, accelerator, config.run_path if config.writes_files else None)
         resumed = self.resume()
-        self.console.show_config(config.to_dict(), facts)
-        self.tracker = self.start_tracker(resumed)
+        # A finished run that is run again only says so: nothing is trained, logged or written.
+        self.already_finished = bool(resumed) and self.finished() and (config.run_path / "summary.json").is_file()
+        if resumed and not self.already_finished:
+            self.console.print(f"resumed from {resumed} (step {self.state.step}, epoch {self.state.epoch + 1})")
+        if not self.already_finished:
+            self.console.show_config(config.to_dict(), facts)
+        self.tracker = self.start_tracker(resumed is not None)
         self.checkpointer.attach(self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
 
     def set_up_data(self, data: Data) -> None:
@@ -93,25 +99,21 @@ class Trainer:
         self.module = model  # the bare model, whose weights are saved and loaded: never "module." keys
         self.model, self.optimizer, self.step_optimizer = wrap_for_training(model, optimizer, config, self.accelerator)
 
-    def resume(self) -> bool:
+    def resume(self) -> Path | None:
         """Continue from the checkpoint that --resume names (auto: the run's newest loadable one), if any."""
-        if not self.config.writes_files:
-            return False
         resumed = self.checkpointer.resume(self.module, self.optimizer, self.scheduler, self.console.print)
         if resumed is None:
-            return False
+            return None
         path, self.state, rank_state = resumed
         self.sums = EpochSums(self.device, rank_state)
-        self.console.print(f"resumed from {path} (step {self.state.step}, epoch {self.state.epoch + 1})")
-        return True
+        return path
 
     def start_tracker(self, resumed: bool) -> Tracker:
         """metrics.jsonl and W&B (main process). A resumed run continues the checkpoint's W&B run."""
-        config = self.config
+        config, logs = self.config, self.is_main and not self.already_finished
         files = config.run_path if config.writes_files else None
-        resumed_step = self.state.step if resumed else None
-        resumed_run_id = self.state.wandb_run_id
-        tracker = Tracker(config, files, self.is_main, self.facts, self.console.print, resumed_run_id, resumed_step)
+        resumed_step, resumed_run_id = (self.state.step if resumed else None), self.state.wandb_run_id
+        tracker = Tracker(config, files, logs, self.facts, self.console.print, resumed_run_id, resumed_step)
         self.state.wandb_run_id = tracker.run_id  # checkpoints carry it, so a later resume continues it too
         return tracker
 
@@ -126,16 +128,19 @@ class Trainer:
                 evaluation = self.evaluate()
                 train["eval_seconds"] = time.perf_counter() - eval_start
                 self.end_epoch(train, evaluation)
+        if self.stopped_early():
+            self.console.print(f"early stopping: no better eval accuracy for {self.state.epochs_since_best} epochs")
         if evaluation is None:  # resumed a run that had already finished
             evaluation = self.evaluate()
         return self.finish(evaluation, time.perf_counter() - started)
 
+    def stopped_early(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return bool(patience) and self.state.epochs_since_best >= patience
+
     def finished(self) -> bool:
-        state, patience = self.state, self.config.early_stopping_patience
-        if patience and state.epochs_since_best >= patience:
-            self.console.print(f"early stopping: no better eval accuracy for {state.epochs_since_best} epochs")
-            return True
-        return state.epoch >= self.config.epochs or state.step >= self.total_steps
+        """The epochs or --max-steps reached, or early stopping."""
+        return self.stopped_early() or self.state.epoch >= self.config.epochs or self.state.step >= self.total_steps
 
     def plan_epoch(self) -> EpochPlan:
         """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""
@@ -151,14 +156,17 @@ class Trainer:
         self.console.start_epoch(plan.epoch, self.config.epochs, plan.last_step, completed=plan.first_step - 1)
         self.start_log_interval()
         started = time.perf_counter()
-        groups = accumulation_groups(self.loader, self.config.grad_accum_steps)
+        groups, trained = accumulation_groups(self.loader, self.config.grad_accum_steps), 0
         for step_in_epoch, group in zip(range(plan.first_step, plan.last_step + 1), groups):
-            self.interval_samples += self.train_step(group)
+            samples = self.train_step(group)
+            self.interval_samples, trained = self.interval_samples + samples, trained + samples
             self.state.batches_done += len(group)
             self.after_step(plan, step_in_epoch)
         seconds = time.perf_counter() - started
         self.check_health(force=True)
-        return {**self.sums.over_ranks(self.accelerator), "seconds": seconds}
+        # The speed counts what this job trained: a resumed epoch's sums also hold the samples before it.
+        speed = trained * self.accelerator.num_processes / seconds if seconds else 0.0
+        return {**self.sums.over_ranks(self.accelerator), "seconds": seconds, "samples_per_second": speed}
 
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Forward and backward each batch of the group, then one optimizer step.
@@ -222,15 +230,6 @@ class Trainer:
                 else "no run dir to save to"
             )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
-
-    def lost_process_message(self, reason: str) -> str:
-        """What a user reads when a collective failed because another process stopped responding or ended."""
-        kept = self.checkpointer.what_is_kept("the last complete checkpoint, {}, is intact")
-        seconds = collective_timeout(self.config, self.device.type).total_seconds()
-        return (
-            f"another process stopped responding or ended, after step {self.state.step} ({reason}; a collective "
-            f"waits at most {seconds:g} s, --collective-timeout); {kept}: run the same command again to resume."
-        )
 
     def evaluate(self) -> EvalResult:
         share_rank0_buffers(self.module, self.accelerator.num_processes)

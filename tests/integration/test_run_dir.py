@@ -32,8 +32,8 @@ def test_a_second_job_on_the_same_run_directory_is_refused_and_touches_nothing(d
     steps = [row["step"] for row in metrics_rows(run_dir) if row["type"] == "step"]
     assert steps == list(range(10, steps[-1] + 1, 10))  # every logged step once, in order
     assert not (run_dir / LOCK_FILE).exists()  # released at the end
-    again = run_script("train.py", args)  # its checkpoints load
-    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+    again = run_script("train.py", args)  # its final checkpoint loads, and says the run is finished
+    assert again.returncode == 0 and "has finished (step" in again.stdout, again.stderr[-3000:]
 
 
 def test_a_lock_whose_process_has_ended_is_taken_over_with_one_warning(data_dir, tmp_path):
@@ -61,3 +61,29 @@ def test_a_refused_rerun_and_a_failed_start_change_nothing(data_dir, tmp_path):
     failed = run_script("train.py", [*no_data, "--run-dir", new_dir, "--wandb", "disabled"])
     assert_clean_error(failed, "dataset files not found")
     assert not (tmp_path / "new").exists()  # neither the run folder nor the folder above it
+
+
+def test_a_finished_run_run_again_says_so_and_rewrites_nothing(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = lenet_args(data_dir, run_dir, "--max-steps", "5", "--schedule", "none")
+    assert run_script("train.py", args).returncode == 0
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
+    again = run_script("train.py", args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"run {run_dir} has finished (step 5, epoch 0): nothing to do" in again.stdout
+    assert "resumed from" not in again.stdout
+    assert {
+        path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()
+    } == files
+    further = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "8", "--schedule", "none"))
+    assert further.returncode == 0 and "resumed from" in further.stdout, further.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 8
+
+
+def test_a_onecycle_run_cannot_be_trained_further(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5")).returncode == 0  # onecycle
+    longer = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "8"))
+    assert_clean_error(
+        longer, "was written with max_steps=5, this run has 8; the onecycle schedule cannot be stretched"
+    )
