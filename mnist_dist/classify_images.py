@@ -90,6 +90,10 @@ def prepare(path: Path, info: DatasetInfo) -> torch.Tensor:
             image.load()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except Image.DecompressionBombError:  # more pixels than PIL will decode: a decompression bomb, or a huge scan
+        raise UserError(
+            f"{path}: too large to classify (over {Image.MAX_IMAGE_PIXELS:,} pixels); pass a smaller image"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else first_line(error)
         raise UserError(f"{path}: cannot read it as an image ({reason}); pass a PNG or JPEG file") from None

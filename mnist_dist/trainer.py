@@ -128,7 +128,7 @@ class Trainer:
                 evaluation = self.evaluate()
                 train["eval_seconds"] = time.perf_counter() - eval_start
                 self.end_epoch(train, evaluation)
-        if self.stopped_early():
+        if self.stopped_early() and self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
             self.console.print(f"early stopping: no better eval accuracy for {self.state.epochs_since_best} epochs")
         if evaluation is None:  # resumed a run that had already finished
             evaluation = self.evaluate()

@@ -73,8 +73,12 @@ def _as_data(name: str, arrays: tuple) -> Data:
     train_images, train_labels, test_images, test_labels = arrays
     info = INFO[name]
     expected = (info.channels, info.height, info.width)
-    for images in (train_images, test_images):
-        assert tuple(images.shape[1:]) == expected, f"{name}: images {tuple(images.shape)} != (N, {expected})"
+    for split, images in (("train", train_images), ("test", test_images)):
+        if tuple(images.shape[1:]) != expected or len(images) == 0:
+            raise DatasetError(
+                f"{name}: the {split} split holds {len(images)} images of shape {tuple(images.shape[1:])}, "
+                f"expected some of {expected}: the files are not {name}'s; replace them."
+            )
     for split, labels in (("train", train_labels), ("test", test_labels)):
         if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < info.num_classes:
             raise DatasetError(

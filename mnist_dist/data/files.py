@@ -202,6 +202,10 @@ def _check_idx(path: Path, magic: int, dims: int) -> int:
             f"{path} holds {actual} {kind} but its header declares {count} "
             f"({size} bytes, expected {len(header) + count * item_size}); {fix}"
         )
+    if count == 0:
+        raise DatasetError(f"{path} holds no {kind}; {fix}")
+    if dims == 3 and item_shape != [28, 28]:  # what every MNIST-family model here is built for
+        raise DatasetError(f"{path} holds {item_shape[0]}x{item_shape[1]} images, not 28x28; {fix}")
     return count
 
 

@@ -346,3 +346,14 @@ def test_labels_outside_the_classes_are_a_dataset_error():
     assert len(_as_data("mnist", (images, good, images, good)).test) == 4
     with pytest.raises(DatasetError, match="test labels run from 0 to 10, outside 0..9"):
         _as_data("mnist", (images, good, images, bad))
+
+
+def test_an_idx_file_of_other_image_sizes_or_no_images_names_the_file(tmp_path):
+    images, labels = fake_split(NUM_TEST, size=32)
+    big = {"t10k-images-idx3-ubyte": idx_bytes(images[:, 0], files.IMAGES_MAGIC)}
+    assert_reading_fails(tmp_path / "big", big, "t10k-images-idx3-ubyte holds 32x32 images, not 28x28", train=False)
+    empty = {
+        "t10k-images-idx3-ubyte": idx_bytes(np.zeros((0, 28, 28), np.uint8), files.IMAGES_MAGIC),
+        "t10k-labels-idx1-ubyte": idx_bytes(np.zeros(0, np.uint8), files.LABELS_MAGIC),
+    }
+    assert_reading_fails(tmp_path / "empty", empty, "t10k-images-idx3-ubyte holds no images", train=False)
