@@ -139,10 +139,10 @@ def test_an_unreadable_image_is_reported_and_the_others_still_classified(run_dir
 def test_a_huge_image_is_one_error_and_the_others_still_classified(run_dir, tmp_path, capsys, monkeypatch):
     draw(tmp_path / "seven.png", "RGB", DRAWINGS["seven.png"][2])
     Image.new("L", (300, 300)).save(tmp_path / "huge.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # PIL refuses images over twice this: 300 x 300 is
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # PIL refuses images over twice this: 300 x 300 is
     assert main("--checkpoint", run_dir, "--predict", tmp_path / "huge.png", tmp_path / "seven.png") == 2
     captured = capsys.readouterr()
-    huge = f"error: {tmp_path / 'huge.png'}: too large to classify (over 20,000 pixels); pass a smaller image"
+    huge = f"error: {tmp_path / 'huge.png'}: too large to classify (over 40,000 pixels); pass a smaller image"
     assert error_lines(captured.err) == [huge]
     assert "seven.png: 7 " in captured.out
 
