@@ -64,7 +64,7 @@ class Trainer:
         self.build_model_and_optimizer(data.info)
         self.state = TrainingState(world_size=accelerator.num_processes)
         self.sums = EpochSums(self.device)  # this rank's loss sum, correct count and samples in the epoch
-        self.stop = StopRequest()  # SIGTERM/SIGUSR1 -> checkpoint and exit, while fit() runs
+        self.stop = StopRequest()  # SIGTERM/SIGUSR1/Ctrl-C -> checkpoint and exit, while fit() runs
         self.console = TrainingConsole(self.is_main)
         self.checkpointer = Checkpointer(config, accelerator, config.run_path if config.writes_files else None)
         resumed = self.resume()
