@@ -200,6 +200,7 @@ class Checkpointer:
                 failure = str(error)
             failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
             if failures and strict:
+                self.accelerator.wait_for_everyone()  # all ranks leave together (see run.lock_run_dir)
                 raise DamagedCheckpoint(failures[0])
             if failures:
                 say(f"warning: skipping checkpoint {path}: {failures[0]}")

@@ -48,6 +48,9 @@ def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
     verdict = [refusal]
     broadcast_object_list(verdict)  # a no-op in a single process
     if verdict[0]:
+        # Every rank leaves together: a gloo rank that tears the group down while another still
+        # finishes the broadcast can abort it ("terminate called without an active exception").
+        accelerator.wait_for_everyone()
         raise RunInUse(verdict[0])
     return lock
 

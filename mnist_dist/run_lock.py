@@ -39,13 +39,18 @@ def holder_facts() -> dict:
 
 
 def process_exists(pid: int) -> bool:
+    """Whether `pid` runs: it exists and is not a zombie (ended, waiting for its parent to reap it)."""
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # after "pid (command)"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the process exists
+    return state not in ("Z", "X")
 
 
 def why_stale(holder: dict) -> str | None:

@@ -75,10 +75,12 @@ def kill_once_written(run_dir: Path, data_dir: Path, processes: int, checkpoint:
     """Start the run and SIGKILL it once `checkpoint` is complete (a newer one may be half-written)."""
     process = start(run_dir, data_dir, processes, extra)
     wait_for(run_dir / "checkpoints" / checkpoint / "COMPLETE", process)
-    for worker in workers(process):
+    killed = workers(process)
+    for worker in killed:
         worker.kill()
     process.kill()
     finish(process)
+    psutil.wait_procs(killed, timeout=30)  # gone, as after a real crash: the next run may take over the lock
 
 
 def kill_mid_epoch_then_resume(run_dir: Path, data_dir: Path, processes: int, extra=()) -> None:
