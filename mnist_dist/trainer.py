@@ -285,8 +285,9 @@ class Trainer:
         return results
 
     def log_predictions(self) -> None:
-        """W&B's confusion matrix and predictions table of the final model: one pass over the test set,
-        shared by every rank (as the evaluation is), only when the main process has a W&B run."""
+        """W&B's confusion matrix and predictions table: one pass over the test set on every rank, if W&B is on."""
+        if self.config.wandb == "disabled":  # every rank knows: no collective for nothing at the very end
+            return
         wanted = [self.tracker.wants_predictions]
         broadcast_object_list(wanted)  # only the main process knows; a no-op in a single process
         if not wanted[0]:
