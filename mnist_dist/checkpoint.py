@@ -70,8 +70,8 @@ class Checkpointer:
         by_steps = every > 0 and step % every == 0
         return self.enabled and by_steps and not (last_of_epoch and self.config.checkpoint_epochs)
 
-    def maybe_save(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> Path | None:
-        return self.save_now() if self.due(step, last_of_epoch, epoch_end) else None
+    def maybe_save(self, step: int, epoch_end: bool = False) -> Path | None:
+        return self.save_now() if self.due(step, epoch_end=epoch_end) else None
 
     def save_now(self) -> Path:
         """Save what the trainer attached, due or not (a stop signal asks for it)."""
