@@ -30,14 +30,16 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runs import REPO, machine, train_command, write_results  # noqa: E402
 
-# Long enough to absorb 20 faults: 4 epochs of 313 steps (20,000 digits / 2 processes x 32).
-ARGS = "--model lenet --dataset digits --batch-size 32 --lr 0.05 --epochs 4 --deterministic --wandb disabled"
+# Epochs of 313 steps (20,000 digits / 2 processes x 32). A round trains for a few seconds, about 200
+# steps here (at most ~450), so one epoch per round keeps the run going until the last fault.
+ARGS = "--model lenet --dataset digits --batch-size 32 --lr 0.05 --deterministic --wandb disabled"
 ARGS += " --checkpoint-every 25 --log-every 25 --collective-timeout 10"
 FAULTS = ("kill one rank", "kill the job", "SIGTERM one rank", "Ctrl-C", "SIGSTOP one rank")
 
 
-def start(run_dir: Path, data_dir: Path, log) -> subprocess.Popen:
-    command = train_command([*ARGS.split(), "--data-dir", str(data_dir), "--run-dir", str(run_dir)], processes=2)
+def start(run_dir: Path, data_dir: Path, epochs: int, log) -> subprocess.Popen:
+    options = [*ARGS.split(), "--epochs", str(epochs), "--data-dir", str(data_dir), "--run-dir", str(run_dir)]
+    command = train_command(options, processes=2)
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -71,8 +73,8 @@ def inject(fault: str, process: subprocess.Popen) -> psutil.Process | None:
     return None
 
 
-def round_of_chaos(fault: str, run_dir: Path, data_dir: Path, log) -> dict:
-    process = start(run_dir, data_dir, log)
+def round_of_chaos(fault: str, run_dir: Path, data_dir: Path, epochs: int, log) -> dict:
+    process = start(run_dir, data_dir, epochs, log)
     delay = random.uniform(1, 9)
     time.sleep(delay)
     finished_before = process.poll() is not None
@@ -108,12 +110,13 @@ def main() -> None:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory() as folder, (Path(folder) / "log").open("w") as log:
         reference, run_dir = Path(folder) / "reference", Path(folder) / "run"
-        assert start(reference, Path(args.data_dir), log).wait() == 0, "the uninterrupted run failed"
+        epochs = args.rounds  # see ARGS
+        assert start(reference, Path(args.data_dir), epochs, log).wait() == 0, "the uninterrupted run failed"
         rounds = []
         for number in range(1, args.rounds + 1):
-            rounds.append(round_of_chaos(random.choice(FAULTS), run_dir, Path(args.data_dir), log))
+            rounds.append(round_of_chaos(random.choice(FAULTS), run_dir, Path(args.data_dir), epochs, log))
             print(f"round {number:2d}: {rounds[-1]}", flush=True)
-        final = start(run_dir, Path(args.data_dir), log).wait()
+        final = start(run_dir, Path(args.data_dir), epochs, log).wait()
         verdict = exact(run_dir, reference) if final == 0 else {"same_weights": False, "each_row_once": False}
     # A fault counts when it interrupted the job; one that landed too early or too late to matter does not.
     injected = sum(not row["ran_out"] and row["exit_code"] != 0 for row in rounds)

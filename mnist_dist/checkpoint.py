@@ -13,6 +13,7 @@ Accelerate's save_state is not used: it saves the DDP-wrapped model (keys prefix
 and writes in place, while a checkpoint here must hold unwrapped weights and appear all at once.
 """
 
+import io
 import json
 import os
 import shutil
@@ -23,21 +24,42 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from safetensors import SafetensorError
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from mnist_dist.atomic import replace_atomically, write_atomically
+from mnist_dist.atomic import WriteFailed, write_atomically, writing
 from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
 from mnist_dist.config import Config
+from mnist_dist.distributed import write_on_main
 from mnist_dist.errors import Diverged, UserError
 from mnist_dist.resume import DamagedCheckpoint, TrainingState, apply_checkpoint, read_checkpoint, rng_states
 
 
-def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
-    """Write `model`'s weights with the resolved config in the file's metadata, atomically."""
+def model_bytes(model: torch.nn.Module, config: Config) -> bytes:
+    """`model`'s weights as a safetensors file, with the resolved config in its metadata."""
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    metadata = {"config": json.dumps(config.to_dict())}
-    replace_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata))
+    return safetensors_bytes(state, metadata={"config": json.dumps(config.to_dict())})
+
+
+def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
+    """Write `model`'s weights (model_bytes) atomically; a failed write is a WriteFailed naming `path`."""
+    write_atomically(path, model_bytes(model, config))
+
+
+def save_final(accelerator: Accelerator, module: torch.nn.Module, config: Config, results: dict) -> None:
+    """The run's own files at its end (main process): model.safetensors, then summary.json, each atomic.
+    A failed write ends every rank together; the same command then resumes from the last checkpoint."""
+    if not config.writes_files:  # the same on every rank: no collective
+        return
+    write_on_main(accelerator, lambda: save_model(module, config, config.run_path / "model.safetensors"))
+    summary = json.dumps(results, indent=2) + "\n"
+    write_on_main(accelerator, lambda: write_atomically(config.run_path / "summary.json", summary))
+
+
+def torch_bytes(value) -> bytes:
+    """torch.save into memory, so that the file is written by a plain write (see atomic.py)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 class Checkpointer:
@@ -94,17 +116,16 @@ class Checkpointer:
         failure = self._make_partial(partial)
         if failure is None:
             failure = self._write_parts(partial, state, module, optimizer, scheduler, rank_state)
-        failures = gather_object([failure])
-        if any(failures):
+        failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
+        if failures:
             if self.accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise UserError(
-                f"writing checkpoint {final} failed ({next(f for f in failures if f)}); the previous checkpoints "
-                "are intact. Free space or fix permissions under --run-dir, then resume."
+                shutil.rmtree(partial, ignore_errors=True)  # frees what it took
+            self.accelerator.wait_for_everyone()  # all ranks leave together (see distributed.fail_together)
+            raise WriteFailed(
+                f"writing checkpoint {final} failed ({failures[0]}); the previous checkpoints are intact. "
+                "Free space or fix permissions under --run-dir, then run the same command again to resume."
             )
-        if self.accelerator.is_main_process:
-            self._publish(partial, final, keep_best=state.best_step)
-        self.accelerator.wait_for_everyone()
+        write_on_main(self.accelerator, lambda: self._publish(partial, final, keep_best=state.best_step))
         return final
 
     def _make_partial(self, partial: Path) -> str | None:
@@ -115,7 +136,7 @@ class Checkpointer:
             try:
                 partial.mkdir(parents=True)
             except OSError as error:
-                failure = f"{type(error).__name__}: {error}"
+                failure = f"{partial}: {error.strerror or error}"
         self.accelerator.wait_for_everyone()
         if failure is None and not partial.is_dir():
             rank = self.accelerator.process_index
@@ -125,24 +146,29 @@ class Checkpointer:
     def _write_parts(self, partial: Path, state, module, optimizer, scheduler, rank_state: dict) -> str | None:
         """This rank's file, and on the main process the shared ones. Returns a failure or None."""
         accelerator = self.accelerator
-        try:
-            torch.save({**rank_state, "rng": rng_states()}, partial / f"rank-{accelerator.process_index}.pt")
-            if accelerator.is_main_process:
-                save_model(module, self.config, partial / "model.safetensors")
-                scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
-                training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
-                torch.save(training, partial / "training.pt")
-                state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
-                (partial / "state.json").write_text(state_json)
-        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save reports a full disk as RuntimeError
-            return f"{type(error).__name__}: {error}"
+        files = {f"rank-{accelerator.process_index}.pt": lambda: torch_bytes({**rank_state, "rng": rng_states()})}
+        if accelerator.is_main_process:
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
+            training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
+            state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
+            files |= {
+                "model.safetensors": lambda: model_bytes(module, self.config),
+                "training.pt": lambda: torch_bytes(training),
+                "state.json": lambda: state_json.encode(),
+            }
+        for name, content in files.items():
+            try:
+                (partial / name).write_bytes(content())
+            except OSError as error:
+                return f"{name}: {error.strerror or error}"
         return None
 
     def _publish(self, partial: Path, final: Path, keep_best: int) -> None:
         """Main process: mark the checkpoint complete, move it into place at once, prune the old ones."""
-        (partial / COMPLETE).write_text("")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)  # the checkpoint appears all at once
+        with writing(final):
+            (partial / COMPLETE).write_text("")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)  # the checkpoint appears all at once
         write_atomically(self.folder / "latest", final.name + "\n")
         self._prune(keep_best)
 

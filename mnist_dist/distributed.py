@@ -2,11 +2,13 @@
 
 import datetime
 import os
+from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env, set_seed
+from accelerate.utils import InitProcessGroupKwargs, gather_object, parse_flag_from_env, set_seed
 
+from mnist_dist.atomic import WriteFailed
 from mnist_dist.config import DEFAULT_TIMEOUTS, Config
 from mnist_dist.errors import ConfigError
 
@@ -102,6 +104,36 @@ def build_accelerator(config: Config) -> Accelerator:
     # The same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     set_seed(config.seed, deterministic=config.deterministic)
     return accelerator
+
+
+def fail_together(accelerator: Accelerator, failure: Exception | None) -> None:
+    """Every rank calls this at the same point; when any rank brings a failure, every rank raises it
+    (the lowest rank's), so that none is left waiting in a later collective for one that has gone.
+
+    One collective. The ranks then pass a barrier before they leave: a gloo rank that tears the group
+    down while another still finishes the gather can abort it ("terminate called without an active
+    exception").
+    """
+    failures = [each for each in gather_object([failure]) if each is not None]  # [failure] in one process
+    if failures:
+        accelerator.wait_for_everyone()
+        failures[0].same_on_every_rank = True  # rank 0 prints it, once (errors.report_error)
+        raise failures[0]
+
+
+def write_on_main(accelerator: Accelerator, write: Callable[[], None], enabled: bool = True) -> None:
+    """`write()` on the main process (when `enabled`), then every rank learns whether it failed: a
+    failed write (a full disk) ends every rank with its one line, instead of the main process alone.
+    `enabled` must be the same on every rank."""
+    if not enabled:  # the same on every rank (a dry run writes nothing): no collective
+        return
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            write()
+        except WriteFailed as error:
+            failure = error
+    fail_together(accelerator, failure)
 
 
 def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Tensor]:

@@ -6,6 +6,8 @@ and an N-process evaluation write identical files. Figures are drawn by `figures
 """
 
 import json
+import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnist_dist import figures
-from mnist_dist.errors import UserError
+from mnist_dist.atomic import writing
 
 TOP_CONFUSED = 10  # confused pairs listed in the report
 
@@ -145,18 +147,25 @@ def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run
     """metrics.json, every figure and report.md into `out_dir` (main process only); returns the file names.
 
     `run` is the evaluated `trained_run.TrainedRun`: its config goes into report.md, and its
-    metrics.jsonl (when the weights sit in a run directory) gives the learning curves.
+    metrics.jsonl (when the weights sit in a run directory) gives the learning curves. Everything is
+    written into a hidden folder beside `out_dir` first, then moved in: a failed write (a full disk)
+    leaves `out_dir` as it was, an earlier report in it included.
     """
+    staging = out_dir.parent / f".{out_dir.name}.partial"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        names = figures.draw_all(images, predictions, metrics, run.metrics_log, run.config.label_smoothing, out_dir)
-        write_markdown(metrics, run.config.to_dict(), names, out_dir)
-    except OSError as error:
-        raise UserError(
-            f"cannot write the report to {out_dir} ({error.strerror or error}): pass a writable --out"
-        ) from None
-    return ["report.md", "metrics.json", *names]
+        with writing(out_dir, fix="free space or pass a writable --out, then run evaluate.py again"):
+            shutil.rmtree(staging, ignore_errors=True)  # left by a crash
+            staging.mkdir(parents=True)
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            names = figures.draw_all(images, predictions, metrics, run.metrics_log, run.config.label_smoothing, staging)
+            write_markdown(metrics, run.config.to_dict(), names, staging)
+            written = ["report.md", "metrics.json", *names]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name in written:
+                os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
 
 
 def write_markdown(metrics: dict[str, Any], config: dict[str, Any], figure_names: list[str], out_dir: Path) -> Path:

@@ -98,7 +98,7 @@ def evaluation_config(trained: Config, args: argparse.Namespace, dataset: str) -
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """Predict the whole split on every rank; the main process reports. Always ends the process group."""
     from mnist_dist.data.datasets import load_dataset_main_first
-    from mnist_dist.distributed import build_accelerator
+    from mnist_dist.distributed import build_accelerator, write_on_main
     from mnist_dist.trained_run import build_trained_model, check_dataset_fits, load_run
 
     run = load_run(args.checkpoint)
@@ -111,19 +111,22 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         data = load_dataset_main_first(config, accelerator)
         split = data.test if args.split == "test" else data.train
         predictions = predict_every_sample(model, split, run.info, config, accelerator)
-        if accelerator.is_main_process:  # every rank holds the whole split's predictions; one reports
-            about = {
-                "checkpoint": str(run.weights_path),
-                "model": config.model,
-                "trained_on": run.config.dataset,
-                "dataset": dataset,
-                "split": args.split,
-            }
-            out_dir = Path(args.out or default_out_dir(run.weights_path, run.config.dataset, dataset, args.split))
-            report(
+        about = {
+            "checkpoint": str(run.weights_path),
+            "model": config.model,
+            "trained_on": run.config.dataset,
+            "dataset": dataset,
+            "split": args.split,
+        }
+        out_dir = Path(args.out or default_out_dir(run.weights_path, run.config.dataset, dataset, args.split))
+        # Every rank holds the whole split's predictions; the main process reports, and a failed
+        # write of the report ends every rank together (no rank waits for one that has gone).
+        write_on_main(
+            accelerator,
+            lambda: report(
                 run, about, info.class_names, predictions, split.images, out_dir, into=args.wandb_eval, mode=args.wandb
-            )
-        accelerator.wait_for_everyone()  # no rank leaves the group while another still talks in it
+            ),
+        )
     finally:
         accelerator.end_training()  # also destroys the process group
 

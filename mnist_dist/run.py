@@ -13,7 +13,7 @@ from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
 from mnist_dist.distributed import build_accelerator, collective_timeout, lost_peer
-from mnist_dist.errors import LostProcess, UserError, first_line
+from mnist_dist.errors import LostProcess, first_line
 from mnist_dist.facts import system_facts
 from mnist_dist.resume import PLANNED_SCHEDULES
 from mnist_dist.run_lock import RunInUse, RunLock
@@ -59,12 +59,7 @@ def save_config(config: Config, accelerator: Accelerator) -> None:
     """config.yaml, written once the run is sure to train: a refused rerun leaves the old one as it was."""
     if not (config.writes_files and accelerator.is_main_process):
         return
-    try:
-        write_atomically(config.run_path / "config.yaml", yaml_text(config))
-    except OSError as error:
-        raise UserError(
-            f"cannot write {config.run_path / 'config.yaml'} ({error.strerror}): pass a writable --run-dir."
-        ) from None
+    write_atomically(config.run_path / "config.yaml", yaml_text(config))
 
 
 def report_finished(trainer: Trainer) -> dict:

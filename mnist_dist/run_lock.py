@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from mnist_dist.atomic import write_atomically
+from mnist_dist.atomic import WriteFailed, write_atomically
 from mnist_dist.errors import ConfigError
 
 LOCK_FILE = ".lock"
@@ -139,7 +139,7 @@ class RunLock:
         while not self.stop.wait(HEARTBEAT_SECONDS):
             try:
                 write_atomically(self.path, json.dumps(holder_facts()) + "\n")
-            except OSError:
+            except WriteFailed:
                 pass  # a full disk or a network hiccup; the next beat tries again
 
     def release(self) -> None:

@@ -10,15 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mnist_dist.atomic import write_atomically
+from mnist_dist.atomic import WriteFailed, write_atomically, writing
 from mnist_dist.config import Config
 from mnist_dist.wandb_media import log_final_results
 from mnist_dist.wandb_session import WandbRun, wandb_mode, wandb_names
 
 
 def drop_rows_after(path: Path, step: int) -> None:
-    """A resumed run trains the steps after its checkpoint again: drop their rows (and a line cut
-    short by a crash) so that metrics.jsonl keeps one row per step, in order."""
+    """A resumed run trains the steps after its checkpoint again, and a run that starts over trains
+    them all: drop their rows (and a line cut short by a crash) so that metrics.jsonl keeps one row
+    per step, in order."""
     if not path.exists():
         return
     kept = []
@@ -40,31 +41,60 @@ class Tracker:
         facts: dict[str, Any],
         say,
         resumed_run_id: str | None = None,
-        resumed_step: int | None = None,
+        start_step: int = 0,
     ):
         """`enabled` is the main-process flag; `run_dir` None writes no files (dry run).
-        `resumed_run_id`, `resumed_step`: the W&B run and step of the checkpoint this job resumed from."""
+        `resumed_run_id`: the W&B run of the checkpoint this job resumed from; `start_step`: its step
+        (0 when the run starts from scratch).
+
+        A failed write of metrics.jsonl does not raise here: only the main process writes it, so it
+        is kept in `failure` until the ranks agree to stop (Trainer.check_health), and from then on
+        nothing more is written to the file.
+        """
         self.config = config
         self.run_dir = run_dir
-        self.metrics_file = None
+        self.metrics_path = run_dir / "metrics.jsonl" if enabled and run_dir is not None else None
+        self.metrics_file = None  # opened by the first row: a job that ends before training leaves none
+        self.failure: WriteFailed | None = None
         self.wandb: WandbRun | None = None
         self.resumed_run_id = resumed_run_id
         self.trained_samples, self.trained_seconds = 0, 0.0  # this attempt's epochs, for the overall samples/s
         if not enabled:
             return
-        if run_dir is not None:
-            if resumed_step is not None:
-                drop_rows_after(run_dir / "metrics.jsonl", resumed_step)
-            self.metrics_file = (run_dir / "metrics.jsonl").open("a")
+        if self.metrics_path is not None:
+            try:
+                drop_rows_after(self.metrics_path, start_step)
+            except WriteFailed as error:
+                self.failure, self.metrics_path = error, None
         mode = wandb_mode(config.wandb)  # a dry run's resolved config has W&B disabled
         if mode != "disabled":
             self.wandb = WandbRun.start(config, run_dir, mode, facts, say, resumed_run_id)
 
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append one row to metrics.jsonl, flushed, so that a crash loses nothing already logged."""
+        if self.metrics_path is None:
+            return
+        try:
+            with writing(self.metrics_path):
+                if self.metrics_file is None:
+                    self.metrics_file = self.metrics_path.open("a")
+                self.metrics_file.write(json.dumps(row) + "\n")
+                self.metrics_file.flush()
+        except WriteFailed as error:
+            self.failure, self.metrics_path = error, None
+            self.close_metrics()
+
+    def close_metrics(self) -> None:
+        if self.metrics_file is not None:
+            try:
+                self.metrics_file.close()
+            except OSError:
+                pass  # its failure is already kept: a write that failed leaves data close() tries again
+            self.metrics_file = None
+
     def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
         """kind: "step" (every log_every optimizer steps) or "epoch". step: global optimizer step."""
-        if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps({"type": kind, "step": step, **metrics}) + "\n")
-            self.metrics_file.flush()
+        self.write_row({"type": kind, "step": step, **metrics})
         if kind == "epoch":
             self.trained_samples += metrics.get("train_samples", 0)
             self.trained_seconds += metrics.get("epoch_seconds", 0.0)
@@ -98,8 +128,6 @@ class Tracker:
             log_final_results(self.wandb, predictions, images, class_names, model_path, self.config, step)
 
     def close(self) -> None:
-        if self.metrics_file is not None:
-            self.metrics_file.close()
-            self.metrics_file = None
+        self.close_metrics()
         if self.wandb is not None:
             self.wandb.finish()

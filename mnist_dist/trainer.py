@@ -8,7 +8,6 @@
 Every rank runs the same loop on its own shard; the main process (`is_main`) prints, logs and saves.
 """
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -20,15 +19,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.atomic import write_atomically
-from mnist_dist.checkpoint import Checkpointer, TrainingState, save_model
+from mnist_dist.checkpoint import Checkpointer, TrainingState, save_final
 from mnist_dist.config import Config
 from mnist_dist.console import TrainingConsole
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.loaders import accumulation_groups, build_train_loader
 from mnist_dist.data.sharding import eval_shard
-from mnist_dist.distributed import share_rank0_buffers, wrap_for_training
+from mnist_dist.distributed import fail_together, share_rank0_buffers, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, evaluate, predict_split
 from mnist_dist.models import build_model
@@ -74,7 +72,7 @@ class Trainer:
             self.console.print(f"resumed from {resumed} (step {self.state.step}, epoch {self.state.epoch + 1})")
         if not self.already_finished:
             self.console.show_config(config.to_dict(), facts)
-        self.tracker = self.start_tracker(resumed is not None)
+        self.tracker = self.start_tracker()
         self.checkpointer.attach(self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
 
     def set_up_data(self, data: Data) -> None:
@@ -108,13 +106,13 @@ class Trainer:
         self.sums = EpochSums(self.device, rank_state)
         return path
 
-    def start_tracker(self, resumed: bool) -> Tracker:
+    def start_tracker(self) -> Tracker:
         """metrics.jsonl and W&B (main process). A resumed run continues the checkpoint's W&B run."""
         config, logs = self.config, self.is_main and not self.already_finished
         files = config.run_path if config.writes_files else None
-        resumed_step, resumed_run_id = (self.state.step if resumed else None), self.state.wandb_run_id
-        tracker = Tracker(config, files, logs, self.facts, self.console.print, resumed_run_id, resumed_step)
+        tracker = Tracker(config, files, logs, self.facts, self.console.print, self.state.wandb_run_id, self.state.step)
         self.state.wandb_run_id = tracker.run_id  # checkpoints carry it, so a later resume continues it too
+        fail_together(self.accelerator, tracker.failure)  # metrics.jsonl could not be trimmed (main process)
         return tracker
 
     def fit(self) -> dict:
@@ -207,14 +205,16 @@ class Trainer:
             self.checkpointer.save_now()
 
     def check_health(self, force: bool = False) -> None:
-        """Every CHECK_EVERY steps, or when forced, all ranks agree: stop on a NaN/inf loss (no
-        checkpoint), or checkpoint and stop when a stop signal reached any rank."""
+        """Every CHECK_EVERY steps, or when forced, all ranks agree: stop on a failed write of metrics.jsonl
+        or a NaN/inf loss (no checkpoint), or checkpoint and stop when a stop signal reached any rank."""
         if not force and self.state.step % CHECK_EVERY:
             return
         nonfinite = ~torch.isfinite(self.sums.loss)  # NaN and inf stay in a sum of non-negative losses
-        signalled = torch.tensor(float(self.stop.signal_name is not None), device=self.device, dtype=torch.float64)
-        flags = self.accelerator.reduce(torch.stack([nonfinite.double(), signalled]), reduction="sum")
-        nonfinite, stop = (value > 0 for value in flags.tolist())
+        local = [self.tracker.failure is not None, self.stop.signal_name is not None]
+        flags = torch.cat([nonfinite.double().view(1), torch.tensor(local, device=self.device, dtype=torch.float64)])
+        nonfinite, write_failed, stop = (value > 0 for value in self.accelerator.reduce(flags, "sum").tolist())
+        if write_failed:  # before a checkpoint: one holding a step whose row was lost would resume without it
+            fail_together(self.accelerator, self.tracker.failure)
         if nonfinite:
             kept = self.checkpointer.what_is_kept("the last good checkpoint is {}")
             raise Diverged(
@@ -250,7 +250,9 @@ class Trainer:
         if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0
             self.sums = EpochSums(self.device)
-        self.checkpointer.maybe_save(state.step, epoch_end=True)  # train_epoch checked the health last
+        if self.checkpointer.due(state.step, epoch_end=True):
+            self.check_health(force=True)  # the epoch's row reached metrics.jsonl before a checkpoint holds it
+            self.checkpointer.save_now()
 
     def start_log_interval(self, loss_sum: float | None = None) -> None:
         """Progress lines report the loss and speed since the last one; the epoch's loss sum on the
@@ -270,17 +272,12 @@ class Trainer:
         self.start_log_interval(loss_sum)
 
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
-        """Save the final model, print the summary, write summary.json, send the final results to W&B."""
-        self.accelerator.wait_for_everyone()
-        writes = self.is_main and self.config.writes_files
-        if writes:
-            save_model(self.module, self.config, self.config.run_path / "model.safetensors")
-        self.accelerator.wait_for_everyone()
+        """Save the final model and summary.json, print the summary, send the final results to W&B."""
+        fail_together(self.accelerator, self.tracker.failure)  # a row lost since the last health check
         results = final_results(self.state, evaluation, seconds, self.facts)
+        save_final(self.accelerator, self.module, self.config, results)
         self.console.summary(results, self.config.run_dir if self.config.writes_files else None)
         self.tracker.summarize(results)
-        if writes:
-            write_atomically(self.config.run_path / "summary.json", json.dumps(results, indent=2) + "\n")
         self.log_predictions()
         return results
 

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from mnist_dist.atomic import write_atomically
+from mnist_dist.atomic import WriteFailed, write_atomically
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.errors import first_line
 from mnist_dist.trained_run import nearest
@@ -257,7 +257,7 @@ class WandbRun:
         state = {"run_id": self.id, "project": self.run.project, "entity": self.run.entity, "last_step": self.last_step}
         try:
             write_atomically(path, json.dumps(state) + "\n")
-        except OSError:
+        except WriteFailed:
             pass  # the next log writes it again; checkpoints carry the run id too
 
     def log(self, row: dict[str, Any], step: int) -> None:

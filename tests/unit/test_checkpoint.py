@@ -92,7 +92,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(parts, monkeypatch
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    monkeypatch.setattr(checkpoint, "model_bytes", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoints are intact"):
         save(parts, 20)
     assert checkpointer.find("auto") == good
