@@ -28,7 +28,7 @@ LOADERS = ("auto", "resident", "dataloader")
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
-NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout")
+NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout", "val_size")
 # Seconds a collective waits by default: a stuck node is found in minutes, not torch's 30 (gloo) or 10 (NCCL).
 # A checkpoint written to a slow shared filesystem, or an evaluation, must fit in it: the others wait.
 DEFAULT_TIMEOUTS = {"cpu": 300, "cuda": 600}
@@ -56,6 +56,11 @@ class Config:
     data_dir: str = option("./data", "folder with dataset files in torchvision's layout; downloads go here")
     data_file: str = option("", "path to mnist.pkl.gz (dataset mnist-pkl only)")
     download: bool = option(True, "download missing dataset files (main process only; others wait)")
+    val_size: float = option(
+        0.1,
+        "training samples held out to choose the model on (early stopping, the kept weights): a fraction below 1 "
+        "or a count, stratified by class and chosen by --seed; 0 holds out none (mnist-pkl: its own 10,000)",
+    )
     # --- model and optimization ---
     model: str = option("cnn", "model name: " + ", ".join(MODELS))
     epochs: int = option(3, "passes over the training set")
@@ -74,7 +79,9 @@ class Config:
     label_smoothing: float = option(0.1, "cross-entropy label smoothing, 0..1")
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
-    early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
+    early_stopping_patience: int = option(
+        0, "stop after this many epochs without a better validation accuracy; 0 disables"
+    )
     augment: bool = option(
         False,
         "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10); each sample's draw "
@@ -85,7 +92,7 @@ class Config:
     # --- checkpoints ---
     checkpoint_every: int = option(0, "optimizer steps between checkpoints; 0: only at epoch ends")
     checkpoint_epochs: bool = option(True, "write a checkpoint at the end of every epoch")
-    keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by eval accuracy is kept too)")
+    keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by validation accuracy is kept too)")
     resume: str = option(
         "auto", "auto (the run dir's newest complete checkpoint, if any), none, or a checkpoint folder"
     )
@@ -180,6 +187,13 @@ class Config:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ConfigError(f"val_size must be a fraction below 1 or a whole number of samples, got {self.val_size}.")
+        if self.early_stopping_patience and not self.val_size:
+            raise ConfigError(
+                "early stopping chooses on the validation split, and val_size 0 holds out none: "
+                "pass a --val-size (such as 0.1) or drop --early-stopping-patience."
+            )
 
     @property
     def writes_files(self) -> bool:

@@ -101,17 +101,22 @@ def run_page_facts(facts: dict[str, Any]) -> dict[str, Any]:
     return {**facts, **extra}
 
 
+SECTIONS = ("val", "test")  # an epoch's evaluation, on the validation split (or the test split without one)
+
+
 def wandb_names(kind: str, row: dict[str, Any]) -> dict[str, Any]:
-    """metrics.jsonl names -> run-page sections: train/ (every log_every steps), epoch/ (the
-    epoch's training), eval/ (the epoch's evaluation). `epoch` stays, as an alternative x axis."""
+    """metrics.jsonl and summary.json names -> run-page sections: train/ (every log_every steps), epoch/
+    (the epoch's training), val/ and test/ (evaluations: val_accuracy -> val/accuracy). `epoch`
+    stays, as an alternative x axis. kind "summary": the final results, whose other keys stay."""
     if kind == "step":
         return {key if key == "epoch" else f"train/{key}": value for key, value in row.items()}
     names = {}
     for key, value in row.items():
-        if key == "epoch":
+        section = key.split("_", 1)[0]
+        if section in SECTIONS:
+            names[f"{section}/{key.split('_', 1)[1]}"] = value
+        elif key == "epoch" or kind == "summary":
             names[key] = value
-        elif key.startswith("eval_"):
-            names["eval/" + key.removeprefix("eval_")] = value
         else:
             names["epoch/" + key.removeprefix("epoch_")] = value
     return names
@@ -269,7 +274,7 @@ class WandbRun:
             self.save_state()
 
     def summarize(self, values: dict[str, Any]) -> None:
-        self.attempt("writing the summary", lambda: self.run.summary.update(values))
+        self.attempt("writing the summary", lambda: self.run.summary.update(wandb_names("summary", values)))
 
     def finish(self) -> None:
         if self.run is not None:
