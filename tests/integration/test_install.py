@@ -88,7 +88,7 @@ def test_mnist_dist_train_writes_its_data_and_run_under_the_working_folder(insta
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoints" / "latest").is_file()
     assert list((work / "data" / "digits").iterdir())
     assert summary(run_dir)["world_size"] == 1
-    assert "git_commit" not in summary(run_dir)  # the installed copy is in no repository
+    assert "git_commit" not in summary(run_dir)  # no git tracks the installed copy
 
 
 def test_mnist_dist_evaluate_answers_help_and_errors_name_the_command(installed):
