@@ -12,23 +12,8 @@ starting with `error:`).
 
 import sys
 
-from mnist_dist.errors import STOPS, report_error
-from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, export_file, parse_args
-
-
-def main(argv: list[str]) -> int:
-    try:
-        args = parse_args(argv)
-        if args.predict:
-            return classify_files(args)  # 2 when any file could not be classified, each said on its own line
-        if args.export:
-            return export_file(args)
-        evaluate_checkpoint(args)  # torch and accelerate load only from here on
-    except STOPS as error:  # bad input: one line, no traceback
-        report_error(error)
-        return error.exit_code
-    return 0
-
+# The same function as the installed mnist-dist-evaluate command (pyproject.toml); tests call main(argv).
+from mnist_dist.commands import evaluate as main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

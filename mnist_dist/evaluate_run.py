@@ -35,8 +35,9 @@ def positive(text: str) -> int:
     return int(text)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(description=DESCRIPTION, allow_abbrev=False, script="evaluate.py")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """evaluate.py's flags, from `argv` or else sys.argv[1:]."""
+    parser = Parser(description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument(
         "--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file"
     )
