@@ -1,5 +1,5 @@
-"""The command line and YAML files of train.py: defaults < `--config FILE` < flags, one-line errors,
-and `--help` with the options by topic (OPTION_GROUPS), their valid values and their defaults.
+"""The command line and YAML files of train.py: defaults < the model's recipe < `--config FILE` < flags,
+one-line errors, and `--help` with the options by topic (OPTION_GROUPS), their valid values and defaults.
 
 No torch import here either: `python train.py --help` answers at once.
 """
@@ -12,6 +12,7 @@ import yaml
 
 from mnist_dist.config import CHOICES, FIELDS, Config, check_known, make_config
 from mnist_dist.errors import ConfigError, UserError, did_you_mean
+from mnist_dist.recipes import recipe
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -141,6 +142,7 @@ OPTION_GROUPS = (
             "wandb_tags",
             "wandb_notes",
             "wandb_eval",
+            "verbose",
         ),
     ),
     OptionGroup(
@@ -150,8 +152,9 @@ OPTION_GROUPS = (
     ),
 )
 DESCRIPTION = (
-    "Train an MNIST-family classifier on one or many processes. Each option is its default, "
-    "else the value in the --config file, else the flag given here."
+    "Train an MNIST-family classifier on one or many processes. Each option is its default, else the value "
+    "of the model's recipe (README.md, Models and recipes), else the value in the --config file, else the flag "
+    "given here."
 )
 
 
@@ -194,18 +197,28 @@ def build_parser() -> Parser:
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Config from the command line: defaults, then the --config file, then the flags."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[Config, dict[str, str]]:
+    """Config from the command line: defaults < the model's recipe < the --config file < flags; and
+    what set each option that is not a default: "recipe of lenet", the config file's path, or "flag"."""
     parser = build_parser()
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [action.option_strings[0] for action in parser._actions if action.option_strings]
         hint = did_you_mean(unknown[0].split("=")[0], flags, quote="")
         raise ConfigError(f"unknown argument {unknown[0]}.{hint} See {parser.command} --help.")
-    args = vars(known)
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
-    return make_config(values)
+    flags = vars(known)
+    path = flags.pop("config", None)
+    from_file = load_yaml(path) if path else {}
+    model = str(flags.get("model", from_file.get("model", FIELDS["model"].default)))
+    values, sources = {}, {}
+    for source, layer in ((f"recipe of {model}", recipe(model)), (path, from_file), ("flag", flags)):
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    return make_config(values), sources
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    return parse_command_line(argv)[0]
 
 
 def yaml_text(config: Config) -> str:

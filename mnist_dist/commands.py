@@ -7,7 +7,7 @@ after the program name, sys.argv[1:] when none are given (as a console script ca
 returns the exit code. Nothing heavy loads at the top: `--help` answers at once.
 """
 
-from mnist_dist.cli import parse_config
+from mnist_dist.cli import parse_command_line
 from mnist_dist.errors import STOPS, Interrupted, report_error
 from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, export_file, parse_args
 
@@ -15,10 +15,10 @@ from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, export_
 def train(argv: list[str] | None = None) -> int:
     """Train one run, as `python train.py` and `mnist-dist-train` do."""
     try:
-        config = parse_config(argv)
+        config, sources = parse_command_line(argv)
         from mnist_dist import run  # torch, torchvision and accelerate load only from here on
 
-        run.train(config)
+        run.train(config, sources)
     except STOPS as error:  # bad input, a stop signal, a diverged loss: one line, no traceback
         report_error(error)
         return error.exit_code

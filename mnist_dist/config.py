@@ -131,6 +131,7 @@ class Config:
     wandb_group: str = option("", "W&B run group, to compare runs side by side; default: WANDB_RUN_GROUP, else none")
     wandb_tags: str = option("", "W&B tags, comma-separated (a,b); default: WANDB_TAGS, else none")
     wandb_notes: str = option("", "W&B notes: a line about the run; default: WANDB_NOTES, else none")
+    verbose: bool = option(False, "W&B's own console output too (its banner, history and summary at the end)")
     wandb_eval: str = option(
         "train", "where evaluate.py logs to W&B: train (into this training's run) or new (a run with job_type=eval)"
     )

@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mnist_dist.config import FIELDS, Config
+from mnist_dist.recipes import recipe
+
 
 def epoch_columns(split: str) -> tuple[str, ...]:
     """The epoch table's header; `split`: the evaluated one, val (or test when nothing is held out)."""
@@ -28,15 +31,21 @@ class TrainingConsole:
         if self.enabled:
             self.console.print(message)
 
-    def show_config(self, config: dict[str, Any], facts: dict[str, Any], note: str = "") -> None:
-        """The config table, then `note` (what is evaluated when) on a line of its own."""
+    def show_config(self, config: Config, facts: dict[str, Any], sources: dict[str, str], note: str = "") -> None:
+        """The system facts, then only the options that differ from the model's recipe, each with what
+        set it (config.yaml holds them all); then `note` (what is evaluated when) on a line of its own."""
         if not self.enabled:
             return
         table = Table(title="mnist-dist run", show_header=True, header_style="bold")
-        table.add_column("option")
-        table.add_column("value")
-        for key, value in {**facts, **config}.items():
-            table.add_row(key, str(value))
+        for column in ("", "value", "set by"):
+            table.add_column(column)
+        for key, value in facts.items():
+            table.add_row(key, str(value), "this machine")
+        expected = {**{name: spec.default for name, spec in FIELDS.items()}, **recipe(config.model)}
+        table.add_row("model", config.model, sources.get("model", "default"))
+        for name, value in config.to_dict().items():
+            if name != "model" and value != expected[name]:
+                table.add_row(name, str(value), sources.get(name, "train.py"))  # run.resolve: the run's folder
         self.console.print(table)
         if note:
             self.console.print(note)
@@ -64,15 +73,17 @@ class TrainingConsole:
         if self.progress is not None:
             self.progress.advance(self.task)
 
-    def log_step(self, step_in_epoch: int, loss: float, lr: float, samples_per_second: float) -> None:
-        if not self.enabled:
-            return
+    def show_speed(self, loss: float, samples_per_second: float) -> None:
+        """The live bar's loss and speed (a terminal only)."""
         if self.progress is not None:
             self.progress.update(self.task, loss=f"{loss:.4f}", speed=f"{samples_per_second:,.0f}")
-        else:
+
+    def progress_line(self, step: int, loss: float, lr: float, samples_per_second: float, seconds_left: float) -> None:
+        """A line in a log (not a terminal, where the live bar shows it): where the epoch stands and its ETA."""
+        if self.enabled and not self.live:
             self.console.print(
-                f"{self.epoch_label} step {step_in_epoch}/{self.steps} loss {loss:.4f} "
-                f"lr {lr:.4g} {samples_per_second:,.0f} samples/s"
+                f"{self.epoch_label} {step / self.steps:4.0%} (step {step}/{self.steps}) loss {loss:.4f} "
+                f"lr {lr:.4g} {samples_per_second:,.0f} samples/s, {seconds_left:.0f} s left in the epoch"
             )
 
     def end_epoch(self, row: dict[str, float], split: str) -> None:

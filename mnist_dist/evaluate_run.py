@@ -73,7 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=WANDB_EVAL_TARGETS,
         help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval",
     )
-    args = parser.parse_args(argv)
+    return check_tasks(parser, parser.parse_args(argv))
+
+
+def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
+    """One task per call: a report, --predict (with or without --json), or --export."""
     if args.export and args.predict:
         parser.error("--export and --predict are two tasks: run evaluate.py once for each")
     if args.json and not args.predict:

@@ -43,7 +43,8 @@ def git_state(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
 def system_facts(accelerator: Accelerator) -> dict[str, Any]:
     """Device, world size, precision, versions, and git_commit/git_dirty when the code is a git checkout."""
     return {
-        "device": str(accelerator.device),
+        # "cpu", never "cpu:0" (which some launchers give): the same machine reads the same
+        "device": accelerator.device.type if accelerator.device.type != "cuda" else str(accelerator.device),
         "world_size": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "torch_version": torch.__version__,

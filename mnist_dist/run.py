@@ -87,14 +87,15 @@ def lost_process_message(trainer: Trainer, reason: str) -> str:
     )
 
 
-def train(config: Config) -> dict:
+def train(config: Config, sources: dict[str, str] | None = None) -> dict:
+    """`sources`: what set each option (cli.parse_command_line), for the config table."""
     accelerator = build_accelerator(config)
     trainer = lock = None
     try:
         config = resolve(config, accelerator)
         lock = lock_run_dir(config, accelerator)
         data = load_dataset_main_first(config, accelerator)
-        trainer = Trainer(config, accelerator, data, system_facts(accelerator))
+        trainer = Trainer(config, accelerator, data, system_facts(accelerator), sources or {})
         if trainer.already_finished:
             return report_finished(trainer)
         save_config(config, accelerator)  # after the checkpoint was found to fit the options

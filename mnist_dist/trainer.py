@@ -30,6 +30,7 @@ from mnist_dist.errors import Diverged, Preempted
 from mnist_dist.evaluation import EvalResult, EvalSplits
 from mnist_dist.models import build_model
 from mnist_dist.optim import build_optimizer, build_scheduler
+from mnist_dist.progress import ProgressReport
 from mnist_dist.selection import ModelSelection
 from mnist_dist.signals import StopRequest
 from mnist_dist.summary import EpochSums, epoch_row, final_results
@@ -53,7 +54,7 @@ class EpochPlan:
 
 
 class Trainer:
-    def __init__(self, config: Config, accelerator: Accelerator, data: Data, facts: dict):
+    def __init__(self, config: Config, accelerator: Accelerator, data: Data, facts: dict, sources: dict):
         self.config = config
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process  # this process prints, logs and saves
@@ -74,8 +75,9 @@ class Trainer:
         if resumed and not self.already_finished:
             self.console.print(f"resumed from {resumed} (step {self.state.step}, epoch {self.state.epoch + 1})")
         if not self.already_finished:
-            self.console.show_config(config.to_dict(), facts, self.splits.describe())
+            self.console.show_config(config, facts, sources, self.splits.describe())
         self.tracker = self.start_tracker()
+        self.progress = ProgressReport(self.console, self.tracker, config.log_every, accelerator.num_processes)
         contents = (self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
         self.checkpointer.attach(*contents, lambda: self.selection.best_weights)
 
@@ -160,15 +162,14 @@ class Trainer:
         """Train the steps of `plan`; return the epoch's loss, accuracy and samples over all ranks, and its seconds."""
         self.model.train()
         self.loader.set_epoch(plan.epoch, plan.skip_batches)  # a new shuffle each epoch, the same on every rank
-        self.console.start_epoch(plan.epoch, self.config.epochs, plan.last_step, completed=plan.first_step - 1)
-        self.start_log_interval()
+        self.progress.start_epoch(plan.epoch, self.config.epochs, plan.first_step, plan.last_step, self.sums.loss)
         started = time.perf_counter()
         groups, trained = accumulation_groups(self.loader, self.config.grad_accum_steps), 0
         for step_in_epoch, group in zip(range(plan.first_step, plan.last_step + 1), groups):
             samples = self.train_step(group)
-            self.interval_samples, trained = self.interval_samples + samples, trained + samples
+            trained += samples
             self.state.batches_done += len(group)
-            self.after_step(plan, step_in_epoch)
+            self.after_step(plan, step_in_epoch, samples)
         seconds = time.perf_counter() - started
         self.check_health(force=True)
         # The speed counts what this job trained: a resumed epoch's sums also hold the samples before it.
@@ -202,12 +203,10 @@ class Trainer:
         self.state.step += 1
         return samples
 
-    def after_step(self, plan: EpochPlan, step_in_epoch: int) -> None:
+    def after_step(self, plan: EpochPlan, step_in_epoch: int, samples: int) -> None:
         """Progress, step metrics, the health check, and a checkpoint when one is due."""
         step = self.state.step
-        self.console.advance()
-        if step % self.config.log_every == 0:
-            self.log_step(plan.epoch, step_in_epoch)
+        self.progress.after_step(step, step_in_epoch, samples, self.sums.loss, self.scheduler.get_last_lr()[0])
         save_now = self.checkpointer.due(step, last_of_epoch=step_in_epoch == plan.last_step)
         self.check_health(force=save_now)  # never checkpoint a diverged run
         if save_now:
@@ -252,23 +251,6 @@ class Trainer:
         if self.checkpointer.due(state.step, epoch_end=True):
             self.check_health(force=True)  # the epoch's row reached metrics.jsonl before a checkpoint holds it
             self.checkpointer.save_now()
-
-    def start_log_interval(self, loss_sum: float | None = None) -> None:
-        """Progress lines report the loss and speed since the last one; the epoch's loss sum on the
-        device is read (a host sync) only when a line is due."""
-        self.logged_loss = self.sums.loss.item() if loss_sum is None else loss_sum
-        self.interval_samples = 0
-        self.interval_start = time.perf_counter()
-
-    def log_step(self, epoch: int, step_in_epoch: int) -> None:
-        loss_sum, elapsed = self.sums.loss.item(), time.perf_counter() - self.interval_start
-        loss = (loss_sum - self.logged_loss) / self.interval_samples
-        samples_per_second = self.interval_samples / elapsed * self.accelerator.num_processes
-        lr = self.scheduler.get_last_lr()[0]
-        self.console.log_step(step_in_epoch, loss, lr, samples_per_second)
-        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second}
-        self.tracker.log("step", self.state.step, row)
-        self.start_log_interval(loss_sum)
 
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
         """Test the kept weights; write them, the last (`evaluation`'s) and summary.json; print and send the results."""

@@ -159,9 +159,11 @@ def run_arguments(config: Config, folder: Path | None, run_id: str) -> dict[str,
     }
 
 
-def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
+def init_run(wandb, mode: str, say: Callable[[str], None], verbose: bool = False, **arguments):
     """wandb.init with bounded waits. Online trouble falls back to offline with the same run id
-    (so `wandb sync` can upload it later); returns the run, or None after one line saying why."""
+    (so `wandb sync` can upload it later); returns the run, or None after one line saying why.
+    wandb's own console output (its banner, history and summary, sync hints) only with `verbose`:
+    our one line says where the run is."""
     limits = (
         ("init_timeout", "WANDB_INIT_TIMEOUT", INIT_TIMEOUT),
         ("login_timeout", "WANDB_LOGIN_TIMEOUT", LOGIN_TIMEOUT),
@@ -169,6 +171,7 @@ def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
     )
     # A limit the user set in the environment wins: wandb reads those variables itself.
     settings = {name: value for name, variable, value in limits if variable not in os.environ}
+    settings["silent"] = not verbose
     failure = None
     for attempt in [mode, "offline"] if mode == "online" else [mode]:
         try:
@@ -224,6 +227,7 @@ class WandbRun:
             wandb,
             mode,
             say,
+            config.verbose,
             **run_arguments(config, run_dir, run_id),
             job_type="train",
             config={**config.to_dict(), "system": run_page_facts(facts)},

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import subprocess
 from pathlib import Path
 
@@ -175,3 +176,14 @@ def test_a_rank_without_evaluation_batches_does_not_hang_a_batchnorm_model(train
         "--model", "cnn", "--dataset", "digits", "--eval-batch-size", "5000", "--max-steps", "3", processes=2
     )
     assert summary(run_dir)["world_size"] == 2
+
+
+def test_progress_lines_in_a_log_come_at_every_tenth_of_the_epoch_with_accumulation_too(train):
+    # lenet's recipe: batch 100, so 18,000 training digits / (100 x 2 accumulated) = 90 optimizer steps.
+    result, _ = train("--model", "lenet", "--epochs", "1", "--grad-accum-steps", "2")
+    lines = re.findall(
+        r"^epoch 1/1 +(\d+)% \(step (\d+)/90\) loss [\d.]+ lr [\d.e-]+ [\d,]+ samples/s, \d+ s left",
+        result.stdout,
+        re.M,
+    )
+    assert [(int(percent), int(step)) for percent, step in lines] == [(10 * n, 9 * n) for n in range(1, 10)]

@@ -19,7 +19,8 @@ from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.wandb_session import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
-# digits: 20,000 training images; 2 processes x 500 = 20 steps per epoch, so 25 steps end 2 epochs.
+# digits: 18,000 training images (2,000 held out for validation); 2 processes x 500 = 18 steps per epoch,
+# so 25 steps end inside the second epoch.
 TWO_PROCESS = [*SHORT, "--max-steps", "25", "--epochs", "2", "--log-every", "5", "--wandb", "offline"]
 TWO_PROCESS += ["--wandb-group", "smoke", "--wandb-tags", "ci,linear", "--wandb-notes", "two processes"]
 
@@ -83,7 +84,7 @@ def test_logged_metrics_equal_metrics_jsonl_on_one_step_axis(two_process_job):
     rows = metrics_rows(run_dir)
     history = {row["_step"]: row for row in run.history}
     assert run.steps == sorted(set(run.steps))  # one row per global optimizer step, increasing
-    assert [row["step"] for row in rows if row["type"] == "epoch"] == [20, 25]
+    assert [row["step"] for row in rows if row["type"] == "epoch"] == [18, 25]
     for row in rows:
         logged = wandb_names(row["type"], {key: value for key, value in row.items() if key not in ("type", "step")})
         assert {key: history[row["step"]][key] for key in logged} == logged
@@ -284,3 +285,16 @@ def test_every_sweep_parameter_is_a_train_option_with_valid_values():
                 make_config({name: value})  # raises ConfigError for a value train.py would refuse
     epoch_row = {"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.3}
     assert sweep["metric"]["name"] in wandb_names("epoch", epoch_row)  # the metric is one the runs log
+
+
+def test_wandbs_own_console_output_only_with_verbose(tmp_path, data_dir, wandb_env):
+    """By default one line of ours says where the run is; --verbose brings back wandb's banner and summary."""
+    args = [*SHORT, "--max-steps", "3", "--wandb", "offline"]
+    quiet = train_into(tmp_path / "quiet", data_dir, *args, env=wandb_env)
+    verbose = train_into(tmp_path / "verbose", data_dir, *args, "--verbose", env=wandb_env)
+
+    def wandb_lines(result) -> list[str]:
+        return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("wandb:")]
+
+    assert wandb_lines(quiet) == [] and quiet.stdout.count("W&B offline: wandb sync") == 1
+    assert len(wandb_lines(verbose)) >= 3, verbose.stdout + verbose.stderr
