@@ -29,9 +29,9 @@ def test_every_model_learns_digits_in_one_epoch_with_its_recipe(train, model, pr
     assert summary(run_dir)["test_accuracy"] >= BARS[model], summary(run_dir)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_the_validation_split_is_held_out_the_same_way_for_any_number_of_processes(train, processes):
-    _, run_dir = train("--model", "lenet", "--epochs", "1", processes=processes)
+def test_the_validation_split_is_held_out_the_same_way_for_any_number_of_processes(train):
+    """Trained on 2 processes, evaluated on 1 and 2: the same 2,000 samples, and the trainer's number."""
+    _, run_dir = train("--model", "lenet", "--epochs", "1", processes=2)
     (epoch,) = [row for row in metrics_rows(run_dir) if row["type"] == "epoch"]
     assert (epoch["train_samples"], epoch["val_samples"]) == (18_000, 2_000)  # 10% of 20,000, the rest trained
     results = summary(run_dir)
