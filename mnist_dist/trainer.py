@@ -279,3 +279,4 @@ class Trainer:
 
     def close(self) -> None:
         self.tracker.close()
+        self.model = None  # the DDP wrapper, which holds the process group: see run.leave_group
