@@ -4,6 +4,7 @@
     python evaluate.py --checkpoint runs/<name>/model.safetensors --split train --out /tmp/report
     torchrun --standalone --nproc_per_node 2 evaluate.py --checkpoint runs/<name>   # same numbers, 2 processes
     python evaluate.py --checkpoint runs/<name> --predict my_digit.png photos/ [--json]
+    python evaluate.py --checkpoint runs/<name> --export model.pt2       # a torch.export program
 
 python evaluate.py --help lists every option. Exit codes: 0 done, 2 bad input (one line per problem,
 starting with `error:`).
@@ -11,21 +12,8 @@ starting with `error:`).
 
 import sys
 
-from mnist_dist.errors import STOPS, report_error
-from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, parse_args
-
-
-def main(argv: list[str]) -> int:
-    try:
-        args = parse_args(argv)
-        if args.predict:
-            return classify_files(args)  # 2 when any file could not be classified, each said on its own line
-        evaluate_checkpoint(args)  # torch and accelerate load only from here on
-    except STOPS as error:  # bad input: one line, no traceback
-        report_error(error)
-        return error.exit_code
-    return 0
-
+# The same function as the installed mnist-dist-evaluate command (pyproject.toml); tests call main(argv).
+from mnist_dist.commands import evaluate as main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -13,25 +13,8 @@ python train.py --help lists every option. Exit codes (mnist_dist/errors.py): 0 
 
 import sys
 
-from mnist_dist.cli import parse_config
-from mnist_dist.errors import STOPS, Interrupted, report_error
-
-
-def main(argv: list[str]) -> int:
-    try:
-        config = parse_config(argv)
-        from mnist_dist.run import train  # torch, torchvision and accelerate load only from here on
-
-        train(config)
-    except STOPS as error:  # bad input, a stop signal, a diverged loss: one line, no traceback
-        report_error(error)
-        return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before or after the training loop, which checkpoints and exits 3 itself
-        error = Interrupted("interrupted by Ctrl-C outside the training loop; no checkpoint was written for it.")
-        report_error(error)
-        return error.exit_code
-    return 0
-
+# The same function as the installed mnist-dist-train command (pyproject.toml); tests call main(argv).
+from mnist_dist.commands import train as main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

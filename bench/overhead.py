@@ -74,7 +74,7 @@ def measure(model_name: str, rounds: int, data_dir: str, augment: bool = False) 
     )
     accelerator = build_accelerator(config)
     data = load_dataset(config.dataset, config.data_dir, config.data_file, download=True)
-    trainer = Trainer(config, accelerator, data, {})
+    trainer = Trainer(config, accelerator, data, {}, {})
     device, batch = trainer.device, config.batch_size
 
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.

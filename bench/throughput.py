@@ -64,8 +64,8 @@ def classic_loop(model_name: str, epochs: int, data_dir: Path) -> dict:
         rows.append(
             {
                 "epoch_seconds": train_seconds,
-                "eval_seconds": time.perf_counter() - start,
-                "eval_accuracy": correct / len(test_set),
+                "test_seconds": time.perf_counter() - start,
+                "test_accuracy": correct / len(test_set),
             }
         )
     return summarize(rows, len(train_set), len(test_set))
@@ -107,9 +107,9 @@ def trainer(model_name: str, epochs: int, loader: str, data_dir: Path) -> dict:
 def summarize(rows: list[dict], train_size: int, test_size: int) -> dict:
     return {
         "train_images_per_second": statistics.median(train_size / row["epoch_seconds"] for row in rows),
-        "eval_images_per_second": statistics.median(test_size / row["eval_seconds"] for row in rows),
+        "eval_images_per_second": statistics.median(test_size / row["test_seconds"] for row in rows),
         "epoch_seconds": statistics.median(row["epoch_seconds"] for row in rows),
-        "test_accuracy": rows[-1]["eval_accuracy"],
+        "test_accuracy": rows[-1]["test_accuracy"],
     }
 
 

@@ -52,7 +52,7 @@ def main() -> None:
                     "accuracy": bar,
                     "seconds": times,
                     "median_seconds": statistics.median(reached) if len(reached) == len(runs) else None,
-                    "final_accuracies": [run["rows"][-1]["eval_accuracy"] for run in runs],
+                    "final_accuracies": [run["rows"][-1]["test_accuracy"] for run in runs],
                     "total_wall_seconds": [run["wall_seconds"] for run in runs],
                 }
                 results["runs"].append(entry)

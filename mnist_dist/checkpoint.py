@@ -3,6 +3,7 @@
     runs/<name>/checkpoints/
         step-000120/            one complete checkpoint
             model.safetensors   the unwrapped model's weights (safetensors: loading runs no code)
+            best.safetensors    the weights of the best validation accuracy so far, once there is one
             training.pt         optimizer, lr-scheduler and grad-scaler states (loaded with weights_only=True)
             rank-0.pt ...       each rank's RNG states and running epoch sums (weights_only=True)
             state.json          step, epoch, position in the epoch, best accuracy, config, W&B run id
@@ -24,35 +25,37 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from safetensors.torch import save as safetensors_bytes
 
 from mnist_dist.atomic import WriteFailed, write_atomically, writing
 from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
 from mnist_dist.config import Config
+from mnist_dist.data.images import DatasetInfo
 from mnist_dist.distributed import write_on_main
 from mnist_dist.errors import Diverged, UserError
-from mnist_dist.resume import DamagedCheckpoint, TrainingState, apply_checkpoint, read_checkpoint, rng_states
+from mnist_dist.resume import DamagedCheckpoint, Loaded, TrainingState, apply_checkpoint, read_checkpoint, rng_states
+from mnist_dist.weights import model_metadata, weights_bytes
 
 
-def model_bytes(model: torch.nn.Module, config: Config) -> bytes:
-    """`model`'s weights as a safetensors file, with the resolved config in its metadata."""
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    return safetensors_bytes(state, metadata={"config": json.dumps(config.to_dict())})
-
-
-def save_model(model: torch.nn.Module, config: Config, path: Path) -> None:
-    """Write `model`'s weights (model_bytes) atomically; a failed write is a WriteFailed naming `path`."""
-    write_atomically(path, model_bytes(model, config))
-
-
-def save_final(accelerator: Accelerator, module: torch.nn.Module, config: Config, results: dict) -> None:
-    """The run's own files at its end (main process): model.safetensors, then summary.json, each atomic.
-    A failed write ends every rank together; the same command then resumes from the last checkpoint."""
+def save_final(
+    accelerator: Accelerator, config: Config, info: DatasetInfo, results: dict, kept: dict, last: dict
+) -> None:
+    """The run's own files at its end (main process): model.safetensors (the `kept` weights, with the
+    accuracies they reached), last.safetensors (the `last` weights), then summary.json (`results`),
+    each atomic. A failed write ends every rank together; the same command then resumes from the last
+    checkpoint."""
     if not config.writes_files:  # the same on every rank: no collective
         return
-    write_on_main(accelerator, lambda: save_model(module, config, config.run_path / "model.safetensors"))
-    summary = json.dumps(results, indent=2) + "\n"
-    write_on_main(accelerator, lambda: write_atomically(config.run_path / "summary.json", summary))
+    commit = results.get("git_commit", "")
+    reached = {"val": results.get("val_accuracy"), "test": results["test_accuracy"]}
+
+    def write_all() -> None:
+        kept_metadata = model_metadata(config, info, results["kept_step"], accuracies=reached, git_commit=commit)
+        write_atomically(config.run_path / "model.safetensors", weights_bytes(kept, kept_metadata))
+        last_metadata = model_metadata(config, info, results["steps"], git_commit=commit)
+        write_atomically(config.run_path / "last.safetensors", weights_bytes(last, last_metadata))
+        write_atomically(config.run_path / "summary.json", json.dumps(results, indent=2) + "\n")
+
+    write_on_main(accelerator, write_all)
 
 
 def torch_bytes(value) -> bytes:
@@ -70,17 +73,19 @@ class Checkpointer:
     epoch_end=True)` after each epoch's evaluation.
     """
 
-    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None):
+    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None, info: DatasetInfo | None = None):
         self.config = config
         self.accelerator = accelerator
+        self.info = info  # the dataset's facts, for the weights' metadata (weights.py)
         self.enabled = config.writes_files and run_dir is not None  # a dry run writes no checkpoint, finds none
         self.folder = run_dir / "checkpoints" if self.enabled else None
         self.contents: Callable[[], tuple] | None = None
 
-    def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state) -> None:
+    def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state, best) -> None:
         """What `maybe_save` writes: the bare model (not DDP- or compile-wrapped), its optimizer and
-        schedule, the training state, and `rank_state()`, this rank's own state at the time of saving."""
-        self.contents = lambda: (state, module, optimizer, scheduler, rank_state())
+        schedule, the training state, `rank_state()`, this rank's own state at the time of saving, and
+        `best()`, the weights of the best validation accuracy so far (or None)."""
+        self.contents = lambda: (state, module, optimizer, scheduler, rank_state(), best())
 
     def due(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> bool:
         """After a step: every `checkpoint_every` steps, except an epoch's last step when the epoch's end
@@ -99,7 +104,9 @@ class Checkpointer:
         """Save what the trainer attached, due or not (a stop signal asks for it)."""
         return self.save(*self.contents())
 
-    def save(self, state: TrainingState, module: torch.nn.Module, optimizer, scheduler, rank_state: dict) -> Path:
+    def save(
+        self, state: TrainingState, module: torch.nn.Module, optimizer, scheduler, rank_state: dict, best: dict | None
+    ) -> Path:
         """Every rank calls this at the same step. Returns the new checkpoint's folder.
 
         Each rank writes its part into a hidden `.partial-step-N` folder; only when every rank
@@ -115,7 +122,7 @@ class Checkpointer:
         partial = self.folder / f".partial-step-{state.step:06d}"
         failure = self._make_partial(partial)
         if failure is None:
-            failure = self._write_parts(partial, state, module, optimizer, scheduler, rank_state)
+            failure = self._write_parts(partial, state, module, optimizer, scheduler, rank_state, best)
         failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
         if failures:
             if self.accelerator.is_main_process:
@@ -143,7 +150,7 @@ class Checkpointer:
             failure = f"{partial} is not visible on rank {rank}: the run directory must be shared by all nodes"
         return failure
 
-    def _write_parts(self, partial: Path, state, module, optimizer, scheduler, rank_state: dict) -> str | None:
+    def _write_parts(self, partial: Path, state, module, optimizer, scheduler, rank_state, best) -> str | None:
         """This rank's file, and on the main process the shared ones. Returns a failure or None."""
         accelerator = self.accelerator
         files = {f"rank-{accelerator.process_index}.pt": lambda: torch_bytes({**rank_state, "rng": rng_states()})}
@@ -151,11 +158,15 @@ class Checkpointer:
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
             training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
             state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
+            metadata = model_metadata(self.config, self.info, state.step)
             files |= {
-                "model.safetensors": lambda: model_bytes(module, self.config),
+                "model.safetensors": lambda: weights_bytes(module.state_dict(), metadata),
                 "training.pt": lambda: torch_bytes(training),
                 "state.json": lambda: state_json.encode(),
             }
+            if best is not None:
+                best_metadata = model_metadata(self.config, self.info, state.best_step)
+                files["best.safetensors"] = lambda: weights_bytes(best, best_metadata)
         for name, content in files.items():
             try:
                 (partial / name).write_bytes(content())
@@ -214,9 +225,10 @@ class Checkpointer:
             )
         return [path]
 
-    def resume(self, module: torch.nn.Module, optimizer, scheduler, say) -> tuple[Path, TrainingState, dict] | None:
+    def resume(self, module: torch.nn.Module, optimizer, scheduler, say) -> Loaded | None:
         """Load the newest checkpoint that every rank can read (--resume auto skips a damaged one with a
-        warning, leaving it on disk; a named one must load). Returns (path, state, this rank's state)."""
+        warning, leaving it on disk; a named one must load). Returns what it read (with its path, state,
+        this rank's state and the best weights so far)."""
         strict = self.config.resume != "auto"
         for path in self.candidates(self.config.resume) if self.enabled else []:
             loaded, failure = None, None
@@ -232,7 +244,7 @@ class Checkpointer:
                 say(f"warning: skipping checkpoint {path}: {failures[0]}")
                 continue
             apply_checkpoint(loaded, module, optimizer, scheduler, self.accelerator)
-            return path, loaded.state, loaded.rank_state
+            return loaded
         return None
 
     def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:

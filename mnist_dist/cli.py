@@ -1,16 +1,18 @@
-"""The command line and YAML files of train.py: defaults < `--config FILE` < flags, one-line errors.
+"""The command line and YAML files of train.py: defaults < the model's recipe < `--config FILE` < flags,
+one-line errors, and `--help` with the options by topic (OPTION_GROUPS), their valid values and defaults.
 
 No torch import here either: `python train.py --help` answers at once.
 """
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
-from mnist_dist.config import FIELDS, Config, check_known, make_config
+from mnist_dist.config import CHOICES, FIELDS, Config, check_known, make_config
 from mnist_dist.errors import ConfigError, UserError, did_you_mean
+from mnist_dist.recipes import recipe
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -65,43 +67,158 @@ def load_yaml(path: str) -> dict[str, Any]:
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and the usual exit code 2, with no usage dump."""
 
-    def __init__(self, *args, script: str = "train.py", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.script = script
+    @property
+    def command(self) -> str:
+        """How the user started this program, for "See ... --help": `python train.py` from a checkout,
+        `mnist-dist-train` when installed (argparse's prog is the name in sys.argv[0])."""
+        return f"python {self.prog}" if self.prog.endswith(".py") else self.prog
 
     def error(self, message: str):
-        raise ConfigError(f"{message}. See python {self.script} --help.")
+        raise ConfigError(f"{message}. See {self.command} --help.")
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
+class OptionGroup(NamedTuple):
+    title: str
+    about: str
+    names: tuple[str, ...]  # Config fields, in the order --help lists them
+
+
+# The topics of --help and of the README's reference (scripts/options_reference.py): each Config field
+# in exactly one of them (a unit test checks it). Config itself keeps config.yaml's order.
+OPTION_GROUPS = (
+    OptionGroup(
+        "data",
+        "what is trained on, and how batches reach the model",
+        (
+            "dataset",
+            "data_dir",
+            "data_file",
+            "download",
+            "val_size",
+            "augment",
+            "loader",
+            "num_workers",
+            "eval_batch_size",
+        ),
+    ),
+    OptionGroup("model", "the network and how it is run", ("model", "channels_last", "compile")),
+    OptionGroup(
+        "optimization",
+        "one optimizer step",
+        (
+            "optimizer",
+            "lr",
+            "batch_size",
+            "grad_accum_steps",
+            "momentum",
+            "nesterov",
+            "weight_decay",
+            "label_smoothing",
+            "max_grad_norm",
+        ),
+    ),
+    OptionGroup(
+        "schedule",
+        "how long training runs, and the learning rate along the way",
+        ("epochs", "max_steps", "early_stopping_patience", "schedule", "lr_step_epochs", "lr_gamma"),
+    ),
+    OptionGroup(
+        "checkpoints",
+        "when checkpoints are written, how many are kept, which one a run resumes from",
+        ("checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "resume"),
+    ),
+    OptionGroup(
+        "distributed", "devices, precision and the process group", ("cpu", "mixed_precision", "collective_timeout")
+    ),
+    OptionGroup(
+        "tracking",
+        "progress lines, metrics.jsonl and Weights & Biases",
+        (
+            "log_every",
+            "wandb",
+            "wandb_project",
+            "wandb_entity",
+            "wandb_group",
+            "wandb_tags",
+            "wandb_notes",
+            "wandb_eval",
+            "verbose",
+        ),
+    ),
+    OptionGroup(
+        "run",
+        "the config file, the run's name and folder, reproducibility, a smoke test",
+        ("run_name", "run_dir", "seed", "deterministic", "dry_run"),
+    ),
+)
+DESCRIPTION = (
+    "Train an MNIST-family classifier on one or many processes. Each option is its default, else the value "
+    "of the model's recipe (README.md, Models and recipes), else the value in the --config file, else the flag "
+    "given here."
+)
+
+
+def default_text(name: str) -> str:
+    """ " (default: 3)" for the help of option `name`; "" when its help says the default in its own words
+    (run_name's "(default: <model>-<dataset>-<date>-<time>)"), so that no default is said twice."""
+    spec = FIELDS[name]
+    if "default:" in spec.metadata["help"]:
+        return ""
+    shown = str(spec.default).lower() if isinstance(spec.default, bool) else spec.default  # YAML's true/false
+    return f" (default: {shown})"
+
+
+def add_option(group: argparse._ArgumentGroup, name: str) -> None:
+    """The flag of one Config field: --no-x too for a bool, the valid values in place of a metavar."""
+    spec = FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    help_text = spec.metadata["help"] + default_text(name)
+    if spec.type is bool:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+    elif name in CHOICES:
+        # Shown, not enforced by argparse: Config's check says more ("Did you mean 'mnist'?") and covers YAML too.
+        group.add_argument(flag, metavar="{" + ",".join(CHOICES[name]) + "}", help=help_text)
+    else:
+        group.add_argument(flag, metavar=name.upper(), help=help_text)
+
+
+def build_parser() -> Parser:
     parser = Parser(
-        description=description,
+        description=DESCRIPTION,
+        usage="%(prog)s [--config FILE] [OPTION ...]",  # the groups list the options: a usage line of all is noise
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override
         allow_abbrev=False,
     )
-    parser.add_argument("--config", help="YAML file of options; flags given here override it")
-    for name, spec in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        help_text = spec.metadata["help"] + f" (default: {spec.default!r})"
-        if spec.type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, help=help_text, metavar=name.upper())
+    groups = {group.title: parser.add_argument_group(group.title, group.about) for group in OPTION_GROUPS}
+    groups["run"].add_argument("--config", metavar="FILE", help="YAML file of options; flags given here override it")
+    for group in OPTION_GROUPS:
+        for name in group.names:
+            add_option(groups[group.title], name)
     return parser
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Config from the command line: defaults, then the --config file, then the flags."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[Config, dict[str, str]]:
+    """Config from the command line: defaults < the model's recipe < the --config file < flags; and
+    what set each option that is not a default: "recipe of lenet", the config file's path, or "flag"."""
     parser = build_parser()
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [action.option_strings[0] for action in parser._actions if action.option_strings]
         hint = did_you_mean(unknown[0].split("=")[0], flags, quote="")
-        raise ConfigError(f"unknown argument {unknown[0]}.{hint} See python train.py --help.")
-    args = vars(known)
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
-    return make_config(values)
+        raise ConfigError(f"unknown argument {unknown[0]}.{hint} See {parser.command} --help.")
+    flags = vars(known)
+    path = flags.pop("config", None)
+    from_file = load_yaml(path) if path else {}
+    model = str(flags.get("model", from_file.get("model", FIELDS["model"].default)))
+    values, sources = {}, {}
+    for source, layer in ((f"recipe of {model}", recipe(model)), (path, from_file), ("flag", flags)):
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    return make_config(values), sources
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    return parse_command_line(argv)[0]
 
 
 def yaml_text(config: Config) -> str:

@@ -28,7 +28,7 @@ LOADERS = ("auto", "resident", "dataloader")
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
-NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout")
+NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout", "val_size")
 # Seconds a collective waits by default: a stuck node is found in minutes, not torch's 30 (gloo) or 10 (NCCL).
 # A checkpoint written to a slow shared filesystem, or an evaluation, must fit in it: the others wait.
 DEFAULT_TIMEOUTS = {"cpu": 300, "cuda": 600}
@@ -51,30 +51,38 @@ def option(default: Any, help: str) -> Any:
 
 @dataclass
 class Config:
-    # --- data ---
-    dataset: str = option("digits", "dataset name: " + ", ".join(DATASETS))
+    # Declared in config.yaml's order; --help lists them by topic instead (cli.OPTION_GROUPS).
+    dataset: str = option("digits", "dataset to train and evaluate on (README.md, Datasets)")
     data_dir: str = option("./data", "folder with dataset files in torchvision's layout; downloads go here")
-    data_file: str = option("", "path to mnist.pkl.gz (dataset mnist-pkl only)")
+    data_file: str = option("", "path to mnist.pkl.gz, read by dataset mnist-pkl only (default: none)")
     download: bool = option(True, "download missing dataset files (main process only; others wait)")
-    # --- model and optimization ---
-    model: str = option("cnn", "model name: " + ", ".join(MODELS))
+    val_size: float = option(
+        0.1,
+        "training samples held out to choose the model on (early stopping, the kept weights): a fraction below 1 "
+        "or a count, stratified by class and chosen by --seed; 0 holds out none (mnist-pkl: its own 10,000)",
+    )
+    model: str = option("cnn", "model architecture (README.md, Models and recipes)")
     epochs: int = option(3, "passes over the training set")
     batch_size: int = option(
         256, "images per optimizer step per process (global batch = this x processes x grad accum)"
     )
     eval_batch_size: int = option(1000, "images per evaluation batch per process")
     lr: float = option(0.2, "learning rate (peak learning rate for onecycle)")
-    optimizer: str = option("sgd", "optimizer: " + ", ".join(OPTIMIZERS))
+    optimizer: str = option("sgd", "optimizer (--momentum and --nesterov apply to sgd)")
     momentum: float = option(0.9, "SGD momentum, in [0, 1) (0 disables)")
     nesterov: bool = option(True, "Nesterov momentum for SGD")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
-    schedule: str = option("onecycle", "learning-rate schedule: " + ", ".join(SCHEDULES))
+    schedule: str = option(
+        "onecycle", "learning-rate schedule over all steps (step: times --lr-gamma every --lr-step-epochs)"
+    )
     lr_step_epochs: int = option(1, "step schedule: epochs between decays")
     lr_gamma: float = option(0.7, "step schedule: factor applied at each decay")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing, 0..1")
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
-    early_stopping_patience: int = option(0, "stop after this many epochs without a better eval accuracy; 0 disables")
+    early_stopping_patience: int = option(
+        0, "stop after this many epochs without a better validation accuracy; 0 disables"
+    )
     augment: bool = option(
         False,
         "augment on the device: shifts up to 2 px (digit sets), 4 px crop + flip (CIFAR-10); each sample's draw "
@@ -82,16 +90,14 @@ class Config:
     )
     seed: int = option(0, "seed for weights, shuffling and augmentation (the same on every process), 0 to 2**32 - 1")
     deterministic: bool = option(False, "use only deterministic kernels (slower; bit-reproducible runs)")
-    # --- checkpoints ---
     checkpoint_every: int = option(0, "optimizer steps between checkpoints; 0: only at epoch ends")
     checkpoint_epochs: bool = option(True, "write a checkpoint at the end of every epoch")
-    keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by eval accuracy is kept too)")
+    keep_checkpoints: int = option(2, "newest checkpoints to keep (the best by validation accuracy is kept too)")
     resume: str = option(
         "auto", "auto (the run dir's newest complete checkpoint, if any), none, or a checkpoint folder"
     )
-    # --- runtime ---
     mixed_precision: str = option(
-        "auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS), no, fp16, bf16"
+        "auto", "auto: bf16 on GPUs that have it, fp16 on older GPUs, off on CPU/MPS; no: full precision everywhere"
     )
     cpu: bool = option(False, "train on the CPU even when a GPU is present")
     collective_timeout: int = option(
@@ -119,14 +125,13 @@ class Config:
         "", "name of the run: letters, digits, '.', '_', '-' (default: <model>-<dataset>-<date>-<time>)"
     )
     run_dir: str = option("", "where config.yaml, metrics.jsonl and the model go (default: runs/<run name>)")
-    wandb: str = option(
-        "auto", "Weights & Biases: online, offline, disabled, or auto (online with an API key, else offline)"
-    )
-    wandb_project: str = option("mnist-dist", "W&B project (WANDB_PROJECT, when set, replaces this default)")
+    wandb: str = option("auto", "Weights & Biases mode (auto: online with an API key, else offline)")
+    wandb_project: str = option("mnist-dist", "W&B project; default: WANDB_PROJECT, else mnist-dist")
     wandb_entity: str = option("", "W&B entity (team or user); default: WANDB_ENTITY, else your default entity")
     wandb_group: str = option("", "W&B run group, to compare runs side by side; default: WANDB_RUN_GROUP, else none")
     wandb_tags: str = option("", "W&B tags, comma-separated (a,b); default: WANDB_TAGS, else none")
     wandb_notes: str = option("", "W&B notes: a line about the run; default: WANDB_NOTES, else none")
+    verbose: bool = option(False, "W&B's own console output too (its banner, history and summary at the end)")
     wandb_eval: str = option(
         "train", "where evaluate.py logs to W&B: train (into this training's run) or new (a run with job_type=eval)"
     )
@@ -180,6 +185,13 @@ class Config:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ConfigError(f"val_size must be a fraction below 1 or a whole number of samples, got {self.val_size}.")
+        if self.early_stopping_patience and not self.val_size:
+            raise ConfigError(
+                "early stopping chooses on the validation split, and val_size 0 holds out none: "
+                "pass a --val-size (such as 0.1) or drop --early-stopping-patience."
+            )
 
     @property
     def writes_files(self) -> bool:
@@ -237,7 +249,7 @@ def check_known(keys: list[str], source: str) -> None:
     for key in keys:
         if key not in FIELDS:
             hint = did_you_mean(key, FIELDS)
-            raise ConfigError(f"unknown option '{key}' in {source}.{hint} See python train.py --help.")
+            raise ConfigError(f"unknown option '{key}' in {source}.{hint} --help lists every option.")
 
 
 def make_config(values: dict[str, Any]) -> Config:

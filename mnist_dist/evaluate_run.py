@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from mnist_dist.cli import Parser
 from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES, Config
+from mnist_dist.errors import UserError
 
 if TYPE_CHECKING:  # names for the annotations only; importing them here would load torch for --help
     import torch
@@ -34,15 +35,21 @@ def positive(text: str) -> int:
     return int(text)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(description=DESCRIPTION, allow_abbrev=False, script="evaluate.py")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """evaluate.py's flags, from `argv` or else sys.argv[1:]."""
+    parser = Parser(description=DESCRIPTION, allow_abbrev=False)
     parser.add_argument(
         "--checkpoint", required=True, help="a run directory (runs/<name>), a checkpoint folder or a .safetensors file"
     )
     parser.add_argument(
         "--dataset", choices=DATASETS, help="dataset to evaluate on (default: the one the model was trained on)"
     )
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "train"),
+        default="test",
+        help="split to evaluate: test, val (the run's held-out validation split) or train (the rest) (default: test)",
+    )
     parser.add_argument(
         "--batch-size", type=positive, help="images per evaluation batch per process (default: the run's)"
     )
@@ -55,13 +62,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
     )
     parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
+    parser.add_argument(
+        "--export",
+        metavar="PATH.pt2",
+        help="write the model, its normalization included, as a torch.export program (uint8 images in, logits out)",
+    )
     parser.add_argument("--wandb", choices=WANDB_MODES, help="W&B mode for the report (default: the training run's)")
     parser.add_argument(
         "--wandb-eval",
         choices=WANDB_EVAL_TARGETS,
         help="log into the training's W&B run (train) or a new job_type=eval run (new); default: the run's wandb_eval",
     )
-    args = parser.parse_args(argv)
+    return check_tasks(parser, parser.parse_args(argv))
+
+
+def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
+    """One task per call: a report, --predict (with or without --json), or --export."""
+    if args.export and args.predict:
+        parser.error("--export and --predict are two tasks: run evaluate.py once for each")
     if args.json and not args.predict:
         parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
     return args
@@ -73,6 +91,20 @@ def classify_files(args: argparse.Namespace) -> int:
     from mnist_dist.trained_run import load_run  # torch loads only from here on (accelerate never does)
 
     return classify(load_run(args.checkpoint), args.predict, args.json)
+
+
+def export_file(args: argparse.Namespace) -> int:
+    """`--export`: the model and its normalization as a torch.export program."""
+    from mnist_dist.load import export_program
+    from mnist_dist.trained_run import load_run  # torch loads only from here on
+
+    run = load_run(args.checkpoint)
+    export_program(run, Path(args.export))
+    print(
+        f"exported {run.weights_path} to {args.export}: torch.export.load(path).module() takes uint8 images "
+        f"(N, {run.info.channels}, {run.info.height}, {run.info.width}) and returns logits"
+    )
+    return 0
 
 
 def default_out_dir(weights_path: Path, trained_on: str, dataset: str, split: str) -> Path:
@@ -109,7 +141,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     accelerator = build_accelerator(config)
     try:
         data = load_dataset_main_first(config, accelerator)
-        split = data.test if args.split == "test" else data.train
+        split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
+        if split is None:
+            raise UserError(f"{run.weights_path} was trained with --val-size 0: no validation split to evaluate.")
         predictions = predict_every_sample(model, split, run.info, config, accelerator)
         about = {
             "checkpoint": str(run.weights_path),

@@ -1,4 +1,4 @@
-"""Exact distributed evaluation: every test sample counted once, the same numbers for any world size."""
+"""Exact distributed evaluation: every sample of a split counted once, the same numbers for any world size."""
 
 from dataclasses import dataclass
 
@@ -7,8 +7,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from mnist_dist.config import Config
+from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import Normalizer
-from mnist_dist.data.sharding import EvalShard
+from mnist_dist.data.sharding import EvalShard, eval_shard
+from mnist_dist.distributed import share_rank0_buffers
 
 
 @dataclass
@@ -97,3 +100,47 @@ def predict_split(
     labels = torch.cat([row[2] for row in rows])
     loss = sum(row[1] for row in rows) / len(labels)
     return SplitPredictions(loss, labels, torch.cat([row[3] for row in rows]), torch.cat([row[4] for row in rows]))
+
+
+class EvalSplits:
+    """What a run evaluates, each split sharded for this rank: after every epoch the validation split,
+    which chooses the kept weights, or the test split when nothing is held out (--val-size 0); at the
+    end the test split, once, for the kept weights."""
+
+    def __init__(self, data: Data, config: Config, normalize: Normalizer, accelerator: Accelerator):
+        rank, world_size = accelerator.process_index, accelerator.num_processes
+        self.held_out = data.val is not None
+        self.epoch_name = "val" if self.held_out else "test"  # the name of each epoch's numbers
+        self.epoch_set = data.val if self.held_out else data.test
+        self.test_set = data.test
+        self.epoch_shard = eval_shard(self.epoch_set, config.eval_batch_size, rank, world_size, config.num_workers)
+        self.test_shard = (
+            eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
+            if self.held_out
+            else self.epoch_shard
+        )
+        self.normalize, self.accelerator = normalize, accelerator
+
+    def describe(self) -> str:
+        if self.held_out:
+            return (
+                f"validation split: {len(self.epoch_set):,} training samples held out to choose the kept weights; "
+                f"the test split ({len(self.test_set):,}) is evaluated once, at the end"
+            )
+        return (
+            "nothing held out (--val-size 0): each epoch is evaluated on the test split, the run keeps its last "
+            "weights, and nothing is chosen on the test split"
+        )
+
+    def evaluate(self, module: torch.nn.Module, test: bool = False) -> EvalResult:
+        """`module`'s exact loss and accuracy on the epochs' split, or on the test split. Every rank
+        takes rank 0's buffers first (BatchNorm statistics): all evaluate the model that is saved."""
+        shard, split = (self.test_shard, self.test_set) if test else (self.epoch_shard, self.epoch_set)
+        share_rank0_buffers(module, self.accelerator.num_processes)
+        result = evaluate(module, shard, self.normalize, self.accelerator)
+        if result.count != len(split):  # the sharding's promise, checked every time
+            raise RuntimeError(f"evaluated {result.count} samples, the split has {len(split)}")
+        return result
+
+    def predict_test(self, module: torch.nn.Module) -> SplitPredictions:
+        return predict_split(module, self.test_shard, self.normalize, self.accelerator)

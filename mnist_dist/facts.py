@@ -14,31 +14,37 @@ import torch
 from accelerate import Accelerator
 
 GIT_TIMEOUT = 10  # seconds per git command: a hung file system must not hold up training
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def git_state() -> dict[str, Any]:
-    """The commit of this code and whether it had uncommitted changes; nothing outside a git checkout."""
-    here = Path(__file__).resolve().parent
+def git_state(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """The commit of this code and whether it had uncommitted changes; nothing when git does not track it.
+
+    An installed copy says nothing: outside any repository git fails, and inside one (a virtualenv in
+    another project's folder) the package's files are not tracked, so that project's commit is not ours.
+    """
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=here, capture_output=True, text=True, timeout=GIT_TIMEOUT, check=True
+            ["git", *args], cwd=package_dir, capture_output=True, text=True, timeout=GIT_TIMEOUT, check=True
         ).stdout.strip()
 
     try:
+        git("ls-files", "--error-unmatch", "__init__.py")  # fails unless this checkout tracks the package
         return {
             "git_commit": git("rev-parse", "HEAD"),
             # Tracked files only: a run directory or a dataset inside the checkout is not a code change.
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         }
-    except (OSError, ValueError, subprocess.SubprocessError):  # no git, or not a checkout (an installed package)
+    except (OSError, ValueError, subprocess.SubprocessError):  # no git, not a checkout, or not tracked there
         return {}
 
 
 def system_facts(accelerator: Accelerator) -> dict[str, Any]:
     """Device, world size, precision, versions, and git_commit/git_dirty when the code is a git checkout."""
     return {
-        "device": str(accelerator.device),
+        # "cpu", never "cpu:0" (which some launchers give): the same machine reads the same
+        "device": accelerator.device.type if accelerator.device.type != "cuda" else str(accelerator.device),
         "world_size": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "torch_version": torch.__version__,

@@ -148,7 +148,8 @@ def read_metrics_log(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> Path:
-    """Train and eval loss and accuracy per epoch; the logged per-step train loss underneath, lighter."""
+    """Train and validation loss and accuracy per epoch (test, for a run that held out nothing); the
+    logged per-step train loss underneath, lighter."""
     figure = new_figure("curves.png")
     steps, epochs = read_metrics_log(metrics_log) if metrics_log and metrics_log.is_file() else ([], [])
     if not epochs:
@@ -168,9 +169,10 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
         )
     smoothing = f" (label smoothing {label_smoothing})" if label_smoothing else ""
     loss_axes.plot(x, [row["train_loss"] for row in epochs], "o-", color="#1f77b4", label="train" + smoothing)
-    loss_axes.plot(x, [row["eval_loss"] for row in epochs], "s-", color="#ff7f0e", label="eval")
+    split = "val" if "val_loss" in epochs[0] else "test"
+    loss_axes.plot(x, [row[f"{split}_loss"] for row in epochs], "s-", color="#ff7f0e", label=split)
     accuracy_axes.plot(x, [row["train_accuracy"] for row in epochs], "o-", color="#1f77b4", label="train")
-    accuracy_axes.plot(x, [row["eval_accuracy"] for row in epochs], "s-", color="#ff7f0e", label="eval")
+    accuracy_axes.plot(x, [row[f"{split}_accuracy"] for row in epochs], "s-", color="#ff7f0e", label=split)
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set_xlabel("epoch")
         axes.set_title(name)

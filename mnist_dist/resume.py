@@ -21,7 +21,7 @@ from mnist_dist.config import Config
 from mnist_dist.errors import UserError, first_line
 
 # Options that fix which samples each step sees: a resumed run must keep them.
-MUST_MATCH = ("model", "dataset", "batch_size", "grad_accum_steps", "seed")
+MUST_MATCH = ("model", "dataset", "val_size", "batch_size", "grad_accum_steps", "seed")
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
 DELETE_IT = "delete that checkpoint or pass --resume none."
@@ -143,6 +143,14 @@ class Loaded:
     weights: dict
     training: dict  # optimizer, scheduler and grad-scaler states
     rank_state: dict  # this rank's RNG states and epoch sums
+    best: dict | None  # the weights of the best validation accuracy so far (None before the first)
+
+
+def read_weights(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise DamagedCheckpoint(f"cannot load the weights in {path} ({first_line(error)}); {DELETE_IT}") from None
 
 
 def read_checkpoint(path: Path, config: Config, accelerator: Accelerator) -> Loaded:
@@ -150,17 +158,14 @@ def read_checkpoint(path: Path, config: Config, accelerator: Accelerator) -> Loa
     UserError if the checkpoint belongs to other options."""
     state, saved_config = read_state(path)
     check_fits(path, state, saved_config, config, accelerator.num_processes)
-    try:
-        weights = load_file(str(path / "model.safetensors"))
-    except (SafetensorError, OSError, RuntimeError) as error:
-        problem = f"cannot load the weights in {path}/model.safetensors ({first_line(error)})"
-        raise DamagedCheckpoint(f"{problem}; {DELETE_IT}") from None
+    weights = read_weights(path / "model.safetensors")
+    best = read_weights(path / "best.safetensors") if state.best_step >= 0 else None
     training = load_data(path / "training.pt")
     rank_state = load_data(path / f"rank-{accelerator.process_index}.pt")
     missing = {"optimizer", "scheduler", "scaler"} - set(training) or {"rng", "epoch_sums"} - set(rank_state)
     if missing:
         raise DamagedCheckpoint(f"checkpoint {path} lacks {', '.join(sorted(missing))}; {DELETE_IT}")
-    return Loaded(path, state, weights, training, rank_state)
+    return Loaded(path, state, weights, training, rank_state, best)
 
 
 def apply_checkpoint(loaded: Loaded, module: torch.nn.Module, optimizer, scheduler, accelerator: Accelerator) -> None:

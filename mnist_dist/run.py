@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime
+import gc
 import json
 from pathlib import Path
 
@@ -87,14 +88,15 @@ def lost_process_message(trainer: Trainer, reason: str) -> str:
     )
 
 
-def train(config: Config) -> dict:
+def train(config: Config, sources: dict[str, str] | None = None) -> dict:
+    """`sources`: what set each option (cli.parse_command_line), for the config table."""
     accelerator = build_accelerator(config)
     trainer = lock = None
     try:
         config = resolve(config, accelerator)
         lock = lock_run_dir(config, accelerator)
         data = load_dataset_main_first(config, accelerator)
-        trainer = Trainer(config, accelerator, data, system_facts(accelerator))
+        trainer = Trainer(config, accelerator, data, system_facts(accelerator), sources or {})
         if trainer.already_finished:
             return report_finished(trainer)
         save_config(config, accelerator)  # after the checkpoint was found to fit the options
@@ -112,4 +114,19 @@ def train(config: Config) -> dict:
             trainer.close()
         if lock is not None:
             lock.release()  # also removes a run directory this job made and left empty
-        accelerator.end_training()  # also destroys the process group
+        leave_group(accelerator)
+
+
+def leave_group(accelerator: Accelerator) -> None:
+    """Destroy the process group now, with nothing left holding it.
+
+    The DDP model (its reducer, and the gloo work of its communication hook) keeps the process group
+    alive past destroy_process_group; it would then be freed at interpreter exit, where gloo's worker
+    threads can abort the process ("terminate called without an active exception", seen on gloo
+    after a run that had finished; pytorch/pytorch#190489). So Accelerate lets go of the prepared
+    model and optimizer, the trainer has let go of it (Trainer.close: also while an exception's traceback
+    still holds the trainer), the garbage is collected, and only then is the group destroyed.
+    """
+    accelerator.free_memory()  # Accelerate's references to the prepared (DDP-wrapped) model and optimizer
+    gc.collect()  # the DDP model, which Trainer.close let go of (it may sit in a reference cycle)
+    accelerator.end_training()  # also destroys the process group

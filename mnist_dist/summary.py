@@ -31,28 +31,40 @@ class EpochSums:
         return {"loss": loss / samples, "accuracy": correct / samples, "samples": int(samples)}
 
 
-def epoch_row(epoch: int, train: dict, evaluation: EvalResult) -> dict:
-    """`train`: the epoch's loss, accuracy, samples and seconds (all ranks) from the trainer, and eval_seconds."""
+def epoch_row(epoch: int, train: dict, evaluation: EvalResult, split: str) -> dict:
+    """`train`: the epoch's loss, accuracy, samples and seconds (all ranks) from the trainer, and
+    eval_seconds; `evaluation`: the epoch's on `split` (val, or test when nothing is held out)."""
     return {
         "epoch": epoch + 1,
         "train_loss": train["loss"],
         "train_accuracy": train["accuracy"],
-        "eval_loss": evaluation.loss,
-        "eval_accuracy": evaluation.accuracy,
+        f"{split}_loss": evaluation.loss,
+        f"{split}_accuracy": evaluation.accuracy,
         "train_samples": train["samples"],
-        "eval_samples": evaluation.count,
-        "epoch_seconds": train["seconds"],  # training only; evaluation is eval_seconds
-        "eval_seconds": train["eval_seconds"],
+        f"{split}_samples": evaluation.count,
+        "epoch_seconds": train["seconds"],  # training only; the evaluation's are {split}_seconds
+        f"{split}_seconds": train["eval_seconds"],
         "samples_per_second": train["samples_per_second"],  # of what this job trained in the epoch
     }
 
 
-def final_results(state: TrainingState, evaluation: EvalResult, seconds: float, facts: dict) -> dict:
-    """summary.json: the final and best evaluation, how far training went, its seconds, and the system facts."""
+def final_results(
+    state: TrainingState, last: EvalResult, test: EvalResult, kept_step: int, seconds: float, facts: dict
+) -> dict:
+    """summary.json: the kept weights' test loss and accuracy (and validation accuracy, when a
+    validation split chose them), the last weights' validation accuracy, how far training went, its
+    seconds, and the system facts.
+
+    `last`: the last epoch's evaluation (on the validation split when there is one, else on test).
+    """
+    chosen = state.best_step >= 0  # a validation split chose the weights
+    selection = {"kept": "best" if chosen else "last", "kept_step": kept_step}
+    if chosen:
+        selection |= {"val_accuracy": state.best_accuracy, "last_val_accuracy": last.accuracy}
     return {
-        "final_eval_accuracy": evaluation.accuracy,
-        "final_eval_loss": evaluation.loss,
-        "best_eval_accuracy": state.best_accuracy,
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        **selection,
         "epochs": state.epoch,
         "steps": state.step,
         "seconds": seconds,

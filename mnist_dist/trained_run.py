@@ -8,7 +8,7 @@ one-line UserError.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,11 +35,20 @@ class TrainedRun:
     config: Config  # the resolved config the weights were trained with
     weights_path: Path
     state: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)  # the weights file's (weights.py)
 
     @property
     def info(self) -> DatasetInfo:
-        """The dataset the model was trained on: its input shape, classes and normalization."""
-        return INFO[self.config.dataset]
+        """The dataset the model was trained on: its input shape, classes and normalization, as the
+        weights file says (older files say only the dataset's name: then as data/datasets.py says)."""
+        info = INFO[self.config.dataset]
+        if "mean" not in self.metadata:
+            return info
+        try:
+            mean, std, names = (tuple(json.loads(self.metadata[key])) for key in ("mean", "std", "class_names"))
+        except (KeyError, ValueError, TypeError):
+            raise CheckpointError(f"{self.weights_path} holds damaged metadata; train again") from None
+        return replace(info, mean=mean, std=std, class_names=names)
 
     @property
     def metrics_log(self) -> Path | None:
@@ -64,7 +73,7 @@ def load_run(checkpoint: str) -> TrainedRun:
             f"{path} is not a readable safetensors file ({first_line(error)}); "
             "train again or pass an intact model.safetensors"
         ) from None
-    return TrainedRun(read_config(path, metadata), path, state)
+    return TrainedRun(read_config(path, metadata), path, state, metadata)
 
 
 def find_weights(path: Path) -> Path:

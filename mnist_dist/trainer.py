@@ -1,9 +1,9 @@
-"""The training loop: epochs of sharded batches, an exact evaluation after each, checkpoints to resume from.
+"""The training loop: epochs of sharded batches, an exact validation after each, checkpoints to resume from.
 
     fit()          until the epochs, --max-steps or early stopping: train_epoch, evaluate, end_epoch
     train_epoch()  the optimizer steps of one epoch's plan: log, check health, checkpoint when due
     train_step()   forward and backward of a group of batches, then one optimizer step
-    finish()       the final model, summary.json, the summary on the console and in W&B
+    finish()       the kept weights tested once; model.safetensors, last.safetensors, summary.json, W&B
 
 Every rank runs the same loop on its own shard; the main process (`is_main`) prints, logs and saves.
 """
@@ -25,15 +25,17 @@ from mnist_dist.console import TrainingConsole
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.loaders import accumulation_groups, build_train_loader
-from mnist_dist.data.sharding import eval_shard
-from mnist_dist.distributed import fail_together, share_rank0_buffers, wrap_for_training
+from mnist_dist.distributed import fail_together, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
-from mnist_dist.evaluation import EvalResult, evaluate, predict_split
+from mnist_dist.evaluation import EvalResult, EvalSplits
 from mnist_dist.models import build_model
 from mnist_dist.optim import build_optimizer, build_scheduler
+from mnist_dist.progress import ProgressReport
+from mnist_dist.selection import ModelSelection
 from mnist_dist.signals import StopRequest
 from mnist_dist.summary import EpochSums, epoch_row, final_results
 from mnist_dist.tracking import Tracker
+from mnist_dist.weights import cpu_weights
 
 # Optimizer steps between the ranks' checks for a stop signal and a non-finite loss. Each check
 # is one tiny all-reduce and a host sync, so not every step; at ~100 steps/s that is 0.1 s.
@@ -52,7 +54,7 @@ class EpochPlan:
 
 
 class Trainer:
-    def __init__(self, config: Config, accelerator: Accelerator, data: Data, facts: dict):
+    def __init__(self, config: Config, accelerator: Accelerator, data: Data, facts: dict, sources: dict):
         self.config = config
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process  # this process prints, logs and saves
@@ -64,24 +66,28 @@ class Trainer:
         self.sums = EpochSums(self.device)  # this rank's loss sum, correct count and samples in the epoch
         self.stop = StopRequest()  # SIGTERM/SIGUSR1/Ctrl-C -> checkpoint and exit, while fit() runs
         self.console = TrainingConsole(self.is_main)
-        self.checkpointer = Checkpointer(config, accelerator, config.run_path if config.writes_files else None)
+        self.checkpointer = Checkpointer(
+            config, accelerator, config.run_path if config.writes_files else None, data.info
+        )
         resumed = self.resume()
         # A finished run that is run again only says so: nothing is trained, logged or written.
         self.already_finished = bool(resumed) and self.finished() and (config.run_path / "summary.json").is_file()
         if resumed and not self.already_finished:
             self.console.print(f"resumed from {resumed} (step {self.state.step}, epoch {self.state.epoch + 1})")
         if not self.already_finished:
-            self.console.show_config(config.to_dict(), facts)
+            self.console.show_config(config, facts, sources, self.splits.describe())
         self.tracker = self.start_tracker()
-        self.checkpointer.attach(self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
+        self.progress = ProgressReport(self.console, self.tracker, config.log_every, accelerator.num_processes)
+        contents = (self.module, self.optimizer, self.scheduler, self.state, lambda: self.sums.saved())
+        self.checkpointer.attach(*contents, lambda: self.selection.best_weights)
 
     def set_up_data(self, data: Data) -> None:
         """This rank's training loader and evaluation batches, and how many steps the run takes."""
         config, rank, world_size = self.config, self.accelerator.process_index, self.accelerator.num_processes
         self.loader = build_train_loader(config, data.train, self.device, rank, world_size)
         self.normalize = Normalizer(data.info, self.device)
-        self.eval_shard = eval_shard(data.test, config.eval_batch_size, rank, world_size, config.num_workers)
-        self.test_set, self.class_names = data.test, data.info.class_names  # also for the W&B results at the end
+        self.info = data.info
+        self.splits = EvalSplits(data, config, self.normalize, self.accelerator)  # val each epoch, test at the end
         self.steps_per_epoch = math.ceil(self.loader.batches_per_epoch / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
@@ -99,12 +105,12 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Continue from the checkpoint that --resume names (auto: the run's newest loadable one), if any."""
-        resumed = self.checkpointer.resume(self.module, self.optimizer, self.scheduler, self.console.print)
-        if resumed is None:
-            return None
-        path, self.state, rank_state = resumed
-        self.sums = EpochSums(self.device, rank_state)
-        return path
+        loaded = self.checkpointer.resume(self.module, self.optimizer, self.scheduler, self.console.print)
+        if loaded is not None:
+            self.state, self.sums = loaded.state, EpochSums(self.device, loaded.rank_state)
+        best = loaded.best if loaded is not None else None  # the best weights so far, with their step in state
+        self.selection = ModelSelection(self.state, self.config.early_stopping_patience, self.splits.held_out, best)
+        return loaded.path if loaded is not None else None
 
     def start_tracker(self) -> Tracker:
         """metrics.jsonl and W&B (main process). A resumed run continues the checkpoint's W&B run."""
@@ -123,22 +129,27 @@ class Trainer:
             while not self.finished():
                 train = self.train_epoch(self.plan_epoch())
                 eval_start = time.perf_counter()
-                evaluation = self.evaluate()
+                evaluation = self.splits.evaluate(self.module)
                 train["eval_seconds"] = time.perf_counter() - eval_start
                 self.end_epoch(train, evaluation)
-        if self.stopped_early() and self.state.epoch < self.config.epochs and self.state.step < self.total_steps:
-            self.console.print(f"early stopping: no better eval accuracy for {self.state.epochs_since_best} epochs")
-        if evaluation is None:  # resumed a run that had already finished
-            evaluation = self.evaluate()
+        if (
+            self.selection.stopped_early()
+            and self.state.epoch < self.config.epochs
+            and self.state.step < self.total_steps
+        ):
+            since = self.state.epochs_since_best
+            self.console.print(f"early stopping: no better validation accuracy for {since} epochs")
+        if evaluation is None:  # resumed a run that had trained all its steps
+            evaluation = self.splits.evaluate(self.module)
         return self.finish(evaluation, time.perf_counter() - started)
-
-    def stopped_early(self) -> bool:
-        patience = self.config.early_stopping_patience
-        return bool(patience) and self.state.epochs_since_best >= patience
 
     def finished(self) -> bool:
         """The epochs or --max-steps reached, or early stopping."""
-        return self.stopped_early() or self.state.epoch >= self.config.epochs or self.state.step >= self.total_steps
+        return (
+            self.selection.stopped_early()
+            or self.state.epoch >= self.config.epochs
+            or self.state.step >= self.total_steps
+        )
 
     def plan_epoch(self) -> EpochPlan:
         """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""
@@ -151,15 +162,14 @@ class Trainer:
         """Train the steps of `plan`; return the epoch's loss, accuracy and samples over all ranks, and its seconds."""
         self.model.train()
         self.loader.set_epoch(plan.epoch, plan.skip_batches)  # a new shuffle each epoch, the same on every rank
-        self.console.start_epoch(plan.epoch, self.config.epochs, plan.last_step, completed=plan.first_step - 1)
-        self.start_log_interval()
+        self.progress.start_epoch(plan.epoch, self.config.epochs, plan.first_step, plan.last_step, self.sums.loss)
         started = time.perf_counter()
         groups, trained = accumulation_groups(self.loader, self.config.grad_accum_steps), 0
         for step_in_epoch, group in zip(range(plan.first_step, plan.last_step + 1), groups):
             samples = self.train_step(group)
-            self.interval_samples, trained = self.interval_samples + samples, trained + samples
+            trained += samples
             self.state.batches_done += len(group)
-            self.after_step(plan, step_in_epoch)
+            self.after_step(plan, step_in_epoch, samples)
         seconds = time.perf_counter() - started
         self.check_health(force=True)
         # The speed counts what this job trained: a resumed epoch's sums also hold the samples before it.
@@ -193,12 +203,10 @@ class Trainer:
         self.state.step += 1
         return samples
 
-    def after_step(self, plan: EpochPlan, step_in_epoch: int) -> None:
+    def after_step(self, plan: EpochPlan, step_in_epoch: int, samples: int) -> None:
         """Progress, step metrics, the health check, and a checkpoint when one is due."""
         step = self.state.step
-        self.console.advance()
-        if step % self.config.log_every == 0:
-            self.log_step(plan.epoch, step_in_epoch)
+        self.progress.after_step(step, step_in_epoch, samples, self.sums.loss, self.scheduler.get_last_lr()[0])
         save_now = self.checkpointer.due(step, last_of_epoch=step_in_epoch == plan.last_step)
         self.check_health(force=save_now)  # never checkpoint a diverged run
         if save_now:
@@ -231,22 +239,12 @@ class Trainer:
             )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
 
-    def evaluate(self) -> EvalResult:
-        share_rank0_buffers(self.module, self.accelerator.num_processes)
-        result = evaluate(self.module, self.eval_shard, self.normalize, self.accelerator)
-        if result.count != len(self.test_set):  # the sharding's promise, checked every time
-            raise RuntimeError(f"evaluated {result.count} samples, the test set has {len(self.test_set)}")
-        return result
-
     def end_epoch(self, train: dict, evaluation: EvalResult) -> None:
         state = self.state
-        row = epoch_row(state.epoch, train, evaluation)
-        self.console.end_epoch(row)
+        row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)
+        self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
-        if evaluation.accuracy > state.best_accuracy:
-            state.best_accuracy, state.best_step, state.epochs_since_best = evaluation.accuracy, state.step, 0
-        else:
-            state.epochs_since_best += 1
+        self.selection.after_evaluation(evaluation.accuracy, self.module)
         if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0
             self.sums = EpochSums(self.device)
@@ -254,28 +252,14 @@ class Trainer:
             self.check_health(force=True)  # the epoch's row reached metrics.jsonl before a checkpoint holds it
             self.checkpointer.save_now()
 
-    def start_log_interval(self, loss_sum: float | None = None) -> None:
-        """Progress lines report the loss and speed since the last one; the epoch's loss sum on the
-        device is read (a host sync) only when a line is due."""
-        self.logged_loss = self.sums.loss.item() if loss_sum is None else loss_sum
-        self.interval_samples = 0
-        self.interval_start = time.perf_counter()
-
-    def log_step(self, epoch: int, step_in_epoch: int) -> None:
-        loss_sum, elapsed = self.sums.loss.item(), time.perf_counter() - self.interval_start
-        loss = (loss_sum - self.logged_loss) / self.interval_samples
-        samples_per_second = self.interval_samples / elapsed * self.accelerator.num_processes
-        lr = self.scheduler.get_last_lr()[0]
-        self.console.log_step(step_in_epoch, loss, lr, samples_per_second)
-        row = {"epoch": epoch + 1, "loss": loss, "lr": lr, "samples_per_second": samples_per_second}
-        self.tracker.log("step", self.state.step, row)
-        self.start_log_interval(loss_sum)
-
     def finish(self, evaluation: EvalResult, seconds: float) -> dict:
-        """Save the final model and summary.json, print the summary, send the final results to W&B."""
+        """Test the kept weights; write them, the last (`evaluation`'s) and summary.json; print and send the results."""
         fail_together(self.accelerator, self.tracker.failure)  # a row lost since the last health check
-        results = final_results(self.state, evaluation, seconds, self.facts)
-        save_final(self.accelerator, self.module, self.config, results)
+        last = cpu_weights(self.module)
+        kept_step = self.selection.keep(self.module)
+        test = self.splits.evaluate(self.module, test=True) if self.splits.held_out else evaluation
+        results = final_results(self.state, evaluation, test, kept_step, seconds, self.facts)
+        save_final(self.accelerator, self.config, self.info, results, kept=self.module.state_dict(), last=last)
         self.console.summary(results, self.config.run_dir if self.config.writes_files else None)
         self.tracker.summarize(results)
         self.log_predictions()
@@ -289,9 +273,10 @@ class Trainer:
         broadcast_object_list(wanted)  # only the main process knows; a no-op in a single process
         if not wanted[0]:
             return
-        predictions = predict_split(self.module, self.eval_shard, self.normalize, self.accelerator)
+        predictions = self.splits.predict_test(self.module)
         if self.is_main:
-            self.tracker.log_results(predictions, self.test_set.images, self.class_names, self.state.step)
+            self.tracker.log_results(predictions, self.splits.test_set.images, self.info.class_names, self.state.step)
 
     def close(self) -> None:
         self.tracker.close()
+        self.model = None  # the DDP wrapper, which holds the process group: see run.leave_group

@@ -101,17 +101,22 @@ def run_page_facts(facts: dict[str, Any]) -> dict[str, Any]:
     return {**facts, **extra}
 
 
+SECTIONS = ("val", "test")  # an epoch's evaluation, on the validation split (or the test split without one)
+
+
 def wandb_names(kind: str, row: dict[str, Any]) -> dict[str, Any]:
-    """metrics.jsonl names -> run-page sections: train/ (every log_every steps), epoch/ (the
-    epoch's training), eval/ (the epoch's evaluation). `epoch` stays, as an alternative x axis."""
+    """metrics.jsonl and summary.json names -> run-page sections: train/ (every log_every steps), epoch/
+    (the epoch's training), val/ and test/ (evaluations: val_accuracy -> val/accuracy). `epoch`
+    stays, as an alternative x axis. kind "summary": the final results, whose other keys stay."""
     if kind == "step":
         return {key if key == "epoch" else f"train/{key}": value for key, value in row.items()}
     names = {}
     for key, value in row.items():
-        if key == "epoch":
+        section = key.split("_", 1)[0]
+        if section in SECTIONS:
+            names[f"{section}/{key.split('_', 1)[1]}"] = value
+        elif key == "epoch" or kind == "summary":
             names[key] = value
-        elif key.startswith("eval_"):
-            names["eval/" + key.removeprefix("eval_")] = value
         else:
             names["epoch/" + key.removeprefix("epoch_")] = value
     return names
@@ -154,9 +159,11 @@ def run_arguments(config: Config, folder: Path | None, run_id: str) -> dict[str,
     }
 
 
-def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
+def init_run(wandb, mode: str, say: Callable[[str], None], verbose: bool = False, **arguments):
     """wandb.init with bounded waits. Online trouble falls back to offline with the same run id
-    (so `wandb sync` can upload it later); returns the run, or None after one line saying why."""
+    (so `wandb sync` can upload it later); returns the run, or None after one line saying why.
+    wandb's own console output (its banner, history and summary, sync hints) only with `verbose`:
+    our one line says where the run is."""
     limits = (
         ("init_timeout", "WANDB_INIT_TIMEOUT", INIT_TIMEOUT),
         ("login_timeout", "WANDB_LOGIN_TIMEOUT", LOGIN_TIMEOUT),
@@ -164,6 +171,7 @@ def init_run(wandb, mode: str, say: Callable[[str], None], **arguments):
     )
     # A limit the user set in the environment wins: wandb reads those variables itself.
     settings = {name: value for name, variable, value in limits if variable not in os.environ}
+    settings["silent"] = not verbose
     failure = None
     for attempt in [mode, "offline"] if mode == "online" else [mode]:
         try:
@@ -219,6 +227,7 @@ class WandbRun:
             wandb,
             mode,
             say,
+            config.verbose,
             **run_arguments(config, run_dir, run_id),
             job_type="train",
             config={**config.to_dict(), "system": run_page_facts(facts)},
@@ -269,7 +278,7 @@ class WandbRun:
             self.save_state()
 
     def summarize(self, values: dict[str, Any]) -> None:
-        self.attempt("writing the summary", lambda: self.run.summary.update(values))
+        self.attempt("writing the summary", lambda: self.run.summary.update(wandb_names("summary", values)))
 
     def finish(self) -> None:
         if self.run is not None:

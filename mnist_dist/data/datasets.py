@@ -6,6 +6,7 @@ from pathlib import Path
 from mnist_dist.data import digits
 from mnist_dist.data.images import DatasetInfo, ImageSet
 from mnist_dist.data.pickles import read_mnist_pkl
+from mnist_dist.data.validation import split_validation
 from mnist_dist.errors import DatasetError
 
 FASHION_CLASSES = (
@@ -37,17 +38,21 @@ INFO["mnist-pkl"] = replace(INFO["mnist"], name="mnist-pkl")  # the same images,
 
 @dataclass
 class Data:
-    train: ImageSet
+    train: ImageSet  # the training samples (without the validation split)
     test: ImageSet
     info: DatasetInfo
+    val: ImageSet | None = None  # held out of the training split (data/validation.py); None with val_size 0
 
 
 def load_dataset_main_first(config, accelerator) -> Data:
-    """`load_dataset` for a job: the main process downloads or unpacks first; the others then read."""
+    """`load_dataset` for a job, its validation split held out: the main process downloads or unpacks
+    first; the others then read."""
     with accelerator.main_process_first():
-        return load_dataset(
+        data = load_dataset(
             config.dataset, config.data_dir, config.data_file, config.download and accelerator.is_main_process
         )
+    train, val = split_validation(config.dataset, data.train, config.val_size, config.seed)
+    return replace(data, train=train, val=val)
 
 
 def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Data:

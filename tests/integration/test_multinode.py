@@ -48,7 +48,7 @@ def test_two_nodes_of_two_processes_match_one_node_of_four(data_dir, tmp_path):
 
     assert summary(two_nodes)["world_size"] == summary(one_node)["world_size"] == 4
     assert summary(two_nodes)["steps"] == summary(one_node)["steps"] == 30
-    assert summary(two_nodes)["final_eval_accuracy"] == summary(one_node)["final_eval_accuracy"]
+    assert summary(two_nodes)["test_accuracy"] == summary(one_node)["test_accuracy"]
     # Same ranks, same shards, same all-reduce: the same bits.
     weights, expected = load_file(two_nodes / "model.safetensors"), load_file(one_node / "model.safetensors")
     assert all(torch.equal(weights[name], expected[name]) for name in expected)

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,16 +24,17 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     )
     results = summary(run_dir)
     assert results["world_size"] == 2
-    assert results["final_eval_accuracy"] >= 0.95, results
+    assert results["test_accuracy"] >= 0.95, results
     # Everything the run promises is on disk and agrees with itself.
     assert load_yaml(str(run_dir / "config.yaml"))["model"] == "lenet"
     lines = metrics_rows(run_dir)
     epochs = [line for line in lines if line["type"] == "epoch"]
-    assert len(epochs) == 1 and epochs[0]["eval_accuracy"] == results["final_eval_accuracy"]
-    assert epochs[0]["eval_samples"] == 5000
-    assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100, 150, 200]  # 20,000 / (2 x 50) steps
+    assert len(epochs) == 1 and epochs[0]["val_accuracy"] == results["val_accuracy"]
+    assert epochs[0]["val_samples"] == 2000  # 10% of the 20,000 training digits held out
+    assert results["kept"] == "best" and results["kept_step"] == 180
+    assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100, 150]  # 18,000 / (2 x 50) steps
     assert set(load_file(run_dir / "model.safetensors")) >= {"0.weight", "9.bias"}
-    assert "final eval accuracy" in result.stdout  # the summary table
+    assert "test accuracy of the best weights (step 180)" in result.stdout  # the summary table
 
 
 # SGD with no schedule, label smoothing or weight decay: each run takes the same steps on the same samples.
@@ -102,7 +104,7 @@ def test_fashion_mnist_lenet_one_epoch_reaches_80_percent(train):
         pytest.skip(f"needs Debian's dataset-fashion-mnist ({FASHION})")
     _, run_dir = train("--config", "configs/lenet.yaml", "--dataset", "fashion-mnist", "--epochs", "1", processes=2)
     results = summary(run_dir)
-    assert results["final_eval_accuracy"] >= 0.80, results
+    assert results["test_accuracy"] >= 0.80, results
 
 
 def test_dry_run_writes_nothing(train, tmp_path):
@@ -174,3 +176,14 @@ def test_a_rank_without_evaluation_batches_does_not_hang_a_batchnorm_model(train
         "--model", "cnn", "--dataset", "digits", "--eval-batch-size", "5000", "--max-steps", "3", processes=2
     )
     assert summary(run_dir)["world_size"] == 2
+
+
+def test_progress_lines_in_a_log_come_at_every_tenth_of_the_epoch_with_accumulation_too(train):
+    # lenet's recipe: batch 100, so 18,000 training digits / (100 x 2 accumulated) = 90 optimizer steps.
+    result, _ = train("--model", "lenet", "--epochs", "1", "--grad-accum-steps", "2")
+    lines = re.findall(
+        r"^epoch 1/1 +(\d+)% \(step (\d+)/90\) loss [\d.]+ lr [\d.e-]+ [\d,]+ samples/s, \d+ s left",
+        result.stdout,
+        re.M,
+    )
+    assert [(int(percent), int(step)) for percent, step in lines] == [(10 * n, 9 * n) for n in range(1, 10)]

@@ -19,7 +19,8 @@ from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.wandb_session import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
-# digits: 20,000 training images; 2 processes x 500 = 20 steps per epoch, so 25 steps end 2 epochs.
+# digits: 18,000 training images (2,000 held out for validation); 2 processes x 500 = 18 steps per epoch,
+# so 25 steps end inside the second epoch.
 TWO_PROCESS = [*SHORT, "--max-steps", "25", "--epochs", "2", "--log-every", "5", "--wandb", "offline"]
 TWO_PROCESS += ["--wandb-group", "smoke", "--wandb-tags", "ci,linear", "--wandb-notes", "two processes"]
 
@@ -83,14 +84,14 @@ def test_logged_metrics_equal_metrics_jsonl_on_one_step_axis(two_process_job):
     rows = metrics_rows(run_dir)
     history = {row["_step"]: row for row in run.history}
     assert run.steps == sorted(set(run.steps))  # one row per global optimizer step, increasing
-    assert [row["step"] for row in rows if row["type"] == "epoch"] == [20, 25]
+    assert [row["step"] for row in rows if row["type"] == "epoch"] == [18, 25]
     for row in rows:
         logged = wandb_names(row["type"], {key: value for key, value in row.items() if key not in ("type", "step")})
         assert {key: history[row["step"]][key] for key in logged} == logged
     final = summary(run_dir)
-    assert history[25]["eval/accuracy"] == final["final_eval_accuracy"]
-    for key in ("best_eval_accuracy", "final_eval_accuracy", "seconds"):
-        assert run.summary[key] == final[key]
+    assert history[25]["val/accuracy"] == final["last_val_accuracy"]
+    for key in ("val_accuracy", "test_accuracy", "test_loss", "seconds"):  # val_accuracy -> val/accuracy
+        assert run.summary[key.replace("val_", "val/").replace("test_", "test/")] == final[key]
     assert run.summary["samples_per_second"] > 0
 
 
@@ -100,7 +101,7 @@ def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two
     assert "confusion_matrix" in run.config["_wandb"]["visualize"]  # wandb.plot.confusion_matrix's chart
     counts = staged_json(run.artifact("run_table", "confusion_matrix").manifest.contents[0])["data"]
     assert sum(n for _, _, n in counts) == 5000  # the whole digits test set
-    assert sum(n for true, predicted, n in counts if true == predicted) == round(final["final_eval_accuracy"] * 5000)
+    assert sum(n for true, predicted, n in counts if true == predicted) == round(final["test_accuracy"] * 5000)
 
     predictions = run.artifact("run_table", "predictions")
     files = {entry.path: entry for entry in predictions.manifest.contents}
@@ -134,7 +135,7 @@ def test_resumed_job_continues_the_same_run_and_its_steps_never_go_back(tmp_path
     assert first.id == second.id
     assert first.steps == [1, 2, 3, 4]
     assert second.steps == [5, 6]  # steps 3 and 4 were trained again but not logged again
-    assert second.history[-1]["eval/accuracy"] == summary(run_dir)["final_eval_accuracy"]
+    assert second.history[-1]["val/accuracy"] == summary(run_dir)["last_val_accuracy"]
     assert json.loads((run_dir / STATE_FILE).read_text()) == {
         "run_id": first.id,
         "project": "mnist-dist",
@@ -158,7 +159,7 @@ def test_online_without_an_api_key_warns_once_then_logs_offline_with_identical_t
     assert result.stdout.count("W&B online failed (UsageError: No API key configured") == 1
     assert "logging offline instead: wandb sync" in result.stdout
     (run,) = offline_runs(run_dir)
-    assert run.history[-1]["eval/accuracy"] == summary(run_dir)["final_eval_accuracy"]
+    assert run.history[-1]["val/accuracy"] == summary(run_dir)["last_val_accuracy"]
     assert_same_weights(run_dir, without_wandb)
 
 
@@ -282,5 +283,18 @@ def test_every_sweep_parameter_is_a_train_option_with_valid_values():
         for value in spec.get("values", [spec.get("value", spec.get("min")), spec.get("max")]):
             if value is not None:
                 make_config({name: value})  # raises ConfigError for a value train.py would refuse
-    epoch_row = {"epoch": 1, "eval_accuracy": 0.9, "eval_loss": 0.3}
+    epoch_row = {"epoch": 1, "val_accuracy": 0.9, "val_loss": 0.3}
     assert sweep["metric"]["name"] in wandb_names("epoch", epoch_row)  # the metric is one the runs log
+
+
+def test_wandbs_own_console_output_only_with_verbose(tmp_path, data_dir, wandb_env):
+    """By default one line of ours says where the run is; --verbose brings back wandb's banner and summary."""
+    args = [*SHORT, "--max-steps", "3", "--wandb", "offline"]
+    quiet = train_into(tmp_path / "quiet", data_dir, *args, env=wandb_env)
+    verbose = train_into(tmp_path / "verbose", data_dir, *args, "--verbose", env=wandb_env)
+
+    def wandb_lines(result) -> list[str]:
+        return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("wandb:")]
+
+    assert wandb_lines(quiet) == [] and quiet.stdout.count("W&B offline: wandb sync") == 1
+    assert len(wandb_lines(verbose)) >= 3, verbose.stdout + verbose.stderr

@@ -32,7 +32,8 @@ def save(parts, step, best_step=-1):
     checkpointer, model, optimizer, scheduler = parts
     state = TrainingState(step=step, best_step=best_step)
     sums = {"epoch_sums": {"loss": torch.tensor(float(step))}}
-    return checkpointer.save(state, model, optimizer, scheduler, sums)
+    best = model.state_dict() if best_step >= 0 else None  # a best accuracy comes with its weights
+    return checkpointer.save(state, model, optimizer, scheduler, sums, best)
 
 
 def test_auto_resume_takes_the_newest_complete_checkpoint(parts):
@@ -92,7 +93,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(parts, monkeypatch
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "model_bytes", disk_full)
+    monkeypatch.setattr(checkpoint, "weights_bytes", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoints are intact"):
         save(parts, 20)
     assert checkpointer.find("auto") == good

@@ -1,4 +1,4 @@
-"""Config: defaults < YAML < flags, and every validation error names the problem and the fix."""
+"""Config: defaults < the model's recipe < YAML < flags, and every validation error names the problem and the fix."""
 
 import subprocess
 import sys
@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from mnist_dist.cli import load_yaml, parse_config, yaml_text
+from mnist_dist.cli import load_yaml, parse_command_line, parse_config, yaml_text
 from mnist_dist.config import MODELS, Config, make_config
 from mnist_dist.errors import ConfigError
+from mnist_dist.recipes import RECIPES
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -18,11 +19,29 @@ def write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_defaults_then_yaml_then_flags(tmp_path):
-    path = write(tmp_path, "model: lenet\nlr: 0.5\nepochs: 7\n")
-    config = parse_config(["--config", path, "--lr", "0.01", "--epochs", "3"])
-    assert (config.model, config.lr, config.epochs) == ("lenet", 0.01, 3)
-    assert config.batch_size == Config().batch_size
+def test_defaults_then_the_models_recipe_then_yaml_then_flags(tmp_path):
+    path = write(tmp_path, "model: lenet\nlr: 0.5\nepochs: 7\nmomentum: 0.8\n")
+    config, sources = parse_command_line(["--config", path, "--lr", "0.01", "--epochs", "3"])
+    assert (config.model, config.lr, config.epochs, config.momentum) == ("lenet", 0.01, 3, 0.8)
+    assert (config.batch_size, config.schedule) == (100, "none")  # lenet's recipe, not the defaults (256, onecycle)
+    assert config.eval_batch_size == Config().eval_batch_size  # no recipe sets it
+    assert sources == {
+        **dict.fromkeys(RECIPES["lenet"], "recipe of lenet"),
+        **dict.fromkeys(["model", "momentum"], path),
+        **dict.fromkeys(["lr", "epochs"], "flag"),
+    }
+
+
+def test_a_flag_chooses_the_model_whose_recipe_applies(tmp_path):
+    path = write(tmp_path, "model: lenet\n")
+    config = parse_config(["--config", path, "--model", "mlp"])
+    assert (config.model, config.optimizer, config.lr, config.batch_size) == ("mlp", "adam", 1e-3, 64)
+
+
+def test_every_model_has_a_recipe_of_valid_options():
+    assert set(RECIPES) == set(MODELS)
+    for model, values in RECIPES.items():
+        make_config({"model": model, **values})
 
 
 def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):

@@ -1,0 +1,134 @@
+"""Model selection on a held-out validation split, the kept weights, and using them outside training:
+load_model, the exported program and the README's lines, with real processes and files."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO, metrics_rows, run_script, script_environment, summary, train_into
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mnist_dist import load_model
+from mnist_dist.data import digits
+from mnist_dist.data.datasets import load_dataset
+
+# One epoch of each model with its recipe and no other option: the bar each must clear on digits.
+BARS = {"cnn": 0.99, "lenet": 0.97, "mlp": 0.95, "mlp-sigmoid": 0.95, "mlp-wide": 0.95, "cifar-mlp": 0.95}
+BARS["linear"] = 0.90  # logistic regression: no hidden layer
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("model", sorted(BARS))
+def test_every_model_learns_digits_in_one_epoch_with_its_recipe(train, model, processes):
+    _, run_dir = train("--model", model, "--epochs", "1", processes=processes)
+    assert summary(run_dir)["test_accuracy"] >= BARS[model], summary(run_dir)
+
+
+def test_the_validation_split_is_held_out_the_same_way_for_any_number_of_processes(train):
+    """Trained on 2 processes, evaluated on 1 and 2: the same 2,000 samples, and the trainer's number."""
+    _, run_dir = train("--model", "lenet", "--epochs", "1", processes=2)
+    (epoch,) = [row for row in metrics_rows(run_dir) if row["type"] == "epoch"]
+    assert (epoch["train_samples"], epoch["val_samples"]) == (18_000, 2_000)  # 10% of 20,000, the rest trained
+    results = summary(run_dir)
+    for evaluators in (1, 2):  # evaluate.py rebuilds the split from the run's config
+        out = run_dir / f"val-{evaluators}"
+        evaluated = run_script("evaluate.py", ["--checkpoint", run_dir, "--split", "val", "--out", out], evaluators)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["samples"] == 2_000
+        assert metrics["accuracy"] == pytest.approx(results["val_accuracy"], abs=1e-3)  # 2 samples of room
+
+
+def test_early_stopping_watches_validation_and_keeps_the_best_weights(train):
+    # 50 held-out samples: their accuracy soon stops rising (100% cannot be beaten), and the run stops.
+    result, run_dir = train("--model", "lenet", "--epochs", "8", "--val-size", "50", "--early-stopping-patience", "1")
+    results = summary(run_dir)
+    assert results["epochs"] < 8 and "early stopping: no better validation accuracy for 1 epochs" in result.stdout
+    assert results["kept"] == "best" and results["kept_step"] < results["steps"]
+    kept = load_file(run_dir / "checkpoints" / f"step-{results['kept_step']:06d}" / "model.safetensors")
+    last = load_file(run_dir / "checkpoints" / f"step-{results['steps']:06d}" / "model.safetensors")
+    for name, tensor in load_file(run_dir / "model.safetensors").items():
+        assert torch.equal(tensor, kept[name]), name
+    for name, tensor in load_file(run_dir / "last.safetensors").items():
+        assert torch.equal(tensor, last[name]), name
+
+
+def test_with_nothing_held_out_the_run_says_so_and_keeps_its_last_weights(train):
+    result, run_dir = train("--model", "lenet", "--max-steps", "20", "--val-size", "0")
+    assert "nothing held out (--val-size 0)" in result.stdout
+    results = summary(run_dir)
+    assert results["kept"] == "last" and "val_accuracy" not in results
+    (epoch,) = [row for row in metrics_rows(run_dir) if row["type"] == "epoch"]
+    assert epoch["test_accuracy"] == results["test_accuracy"]
+    assert (run_dir / "model.safetensors").read_bytes() != b"" and (run_dir / "last.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("lenet") / "run"
+    train_into(run_dir, data_dir, "--model", "lenet", "--epochs", "1")
+    return run_dir
+
+
+def test_load_model_and_the_exported_program_give_the_trainers_numbers(lenet_run, data_dir, tmp_path):
+    model, preprocess = load_model(lenet_run)
+    test = load_dataset("digits", str(data_dir), "", download=False).test
+    with torch.no_grad():
+        logits = model(preprocess(test.images))
+        exported = run_script("evaluate.py", ["--checkpoint", lenet_run, "--export", tmp_path / "model.pt2"])
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        program = torch.export.load(tmp_path / "model.pt2").module()
+        assert torch.equal(program(test.images), logits)  # the normalization travels inside the program
+    results = summary(lenet_run)
+    accuracy = (logits.argmax(dim=1) == test.labels).double().mean().item()
+    assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-3)  # 5 images of room for rounding
+    loss = torch.nn.functional.cross_entropy(logits, test.labels).item()
+    assert loss == pytest.approx(results["test_loss"], rel=1e-3)
+
+
+def test_the_weights_file_carries_its_preprocessing_and_the_users_umask(lenet_run):
+    with safe_open(str(lenet_run / "model.safetensors"), framework="pt") as file:
+        about = file.metadata()
+    assert (json.loads(about["mean"]), json.loads(about["std"])) == ([digits.MEAN], [digits.STD])
+    assert load_model(lenet_run)[1].info.mean == (digits.MEAN,)  # preprocess uses the file's numbers
+    assert about["model"] == "lenet" and json.loads(about["input_shape"]) == [1, 28, 28]
+    assert json.loads(about["class_names"]) == [str(digit) for digit in range(10)]
+    assert set(json.loads(about["accuracies"])) == {"val", "test"} and about["step"] == "180"
+    modes = {path.name: path.stat().st_mode & 0o777 for path in lenet_run.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["config.yaml"] == modes["summary.json"], modes  # the umask, not 0600
+
+
+def readme_python(section: str) -> list[str]:
+    """The ```python blocks of the README section that starts with `section`."""
+    text = (REPO / "README.md").read_text()
+    body = text[text.index(section) :]
+    body = body[: body.find("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+def test_the_readmes_lines_for_using_a_model_run_as_written(data_dir, tmp_path):
+    """The README's example classifies digit.png with runs/my-mlp three ways: load_model (which prepares
+    a photo like MNIST first), plain PyTorch from the weights file, and the exported program."""
+    run_dir = tmp_path / "runs" / "my-mlp"
+    train_into(run_dir, data_dir, "--model", "mlp", "--epochs", "1")
+    exported = run_script("evaluate.py", ["--checkpoint", run_dir, "--export", tmp_path / "model.pt2"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    image = load_dataset("digits", str(data_dir), "", download=False).test.images[0]  # uint8 (1, 28, 28)
+    Image.fromarray(image[0].numpy()).save(tmp_path / "digit.png")
+    model, preprocess = load_model(run_dir)
+    with torch.no_grad():
+        as_photo = model(preprocess(Image.open(tmp_path / "digit.png"))).argmax().item()
+        as_pixels = model(preprocess(image)).argmax().item()
+    blocks = readme_python("### Using a trained model")
+    assert len(blocks) == 3
+    for block, expected in zip(blocks, (as_photo, as_pixels, as_pixels)):
+        ran = subprocess.run(
+            [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=script_environment(1)
+        )
+        assert ran.returncode == 0, block + ran.stderr[-3000:]
+        assert ran.stdout.strip() == str(expected), block + ran.stdout
