@@ -21,11 +21,19 @@ from mnist_dist.run_lock import RunInUse, RunLock
 from mnist_dist.trainer import Trainer
 
 
-def resolve(config: Config, accelerator: Accelerator) -> Config:
-    """The run's final config, the same on every rank: its name and folder chosen, a dry run cut to one step.
+def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
+    """The run's final config, the same on every rank: its name and folder chosen, a dry run cut to one
+    step, a recipe's batch size shared among the processes.
 
     The main process names the run (by the clock) and shares the name, so all ranks agree on the folder.
+    A recipe's batch size is the whole job's (the tutorial's): on N processes each takes 1/N of it, so
+    that a model learns the same with any number of processes. A batch size from a --config file or a
+    flag is per process, as with torchrun and Lightning.
     """
+    if sources.get("batch_size", "").startswith("recipe") and accelerator.num_processes > 1:
+        share = max(1, round(config.batch_size / accelerator.num_processes))
+        sources["batch_size"] += f" ({config.batch_size} over {accelerator.num_processes} processes)"
+        config = dataclasses.replace(config, batch_size=share)
     if config.dry_run:
         config = dataclasses.replace(config, epochs=1, max_steps=1, wandb="disabled")
     name = [config.run_name or f"{config.model}-{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"]
@@ -93,10 +101,11 @@ def train(config: Config, sources: dict[str, str] | None = None) -> dict:
     accelerator = build_accelerator(config)
     trainer = lock = None
     try:
-        config = resolve(config, accelerator)
+        sources = dict(sources or {})
+        config = resolve(config, accelerator, sources)
         lock = lock_run_dir(config, accelerator)
         data = load_dataset_main_first(config, accelerator)
-        trainer = Trainer(config, accelerator, data, system_facts(accelerator), sources or {})
+        trainer = Trainer(config, accelerator, data, system_facts(accelerator), sources)
         if trainer.already_finished:
             return report_finished(trainer)
         save_config(config, accelerator)  # after the checkpoint was found to fit the options
