@@ -10,8 +10,8 @@ from helpers import REPO, assert_clean_error, error_lines, run_script, summary, 
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
-from mnist_dist.data.user_images import mnist_field
 from mnist_dist.data.datasets import INFO
+from mnist_dist.data.user_images import mnist_field
 from mnist_dist.figures import DPI, SIZES
 from mnist_dist.models import build_model
 
