@@ -179,8 +179,8 @@ def test_a_rank_without_evaluation_batches_does_not_hang_a_batchnorm_model(train
 
 
 def test_progress_lines_in_a_log_come_at_every_tenth_of_the_epoch_with_accumulation_too(train):
-    # lenet's recipe: batch 100, so 18,000 training digits / (100 x 2 accumulated) = 90 optimizer steps.
-    result, _ = train("--model", "lenet", "--epochs", "1", "--grad-accum-steps", "2")
+    # 18,000 training digits / (100 x 2 accumulated) = 90 optimizer steps: a line every 9.
+    result, _ = train("--model", "lenet", "--epochs", "1", "--batch-size", "100", "--grad-accum-steps", "2")
     lines = re.findall(
         r"^epoch 1/1 +(\d+)% \(step (\d+)/90\) loss [\d.]+ lr [\d.e-]+ [\d,]+ samples/s, \d+ s left",
         result.stdout,
