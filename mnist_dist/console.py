@@ -114,11 +114,11 @@ class TrainingConsole:
         """The final results (`run_dir` None: a dry run). The epoch table stands above, printed as epochs ended."""
         if not self.enabled:
             return
-        kept = f"the {results['kept']} weights (step {results['kept_step']})"
-        facts = {f"test accuracy of {kept}": f"{results['test_accuracy']:.2%}"}
+        kept = f"{results['kept']} weights, step {results['kept_step']}"
+        facts = {"test accuracy": f"{results['test_accuracy']:.2%} ({kept})"}
         if "val_accuracy" in results:
-            facts["their validation accuracy"] = f"{results['val_accuracy']:.2%}"
-            facts["the last weights' validation accuracy"] = f"{results['last_val_accuracy']:.2%}"
+            facts["val accuracy"] = f"{results['val_accuracy']:.2%} ({kept})"
+            facts["last val accuracy"] = f"{results['last_val_accuracy']:.2%} (last weights, step {results['steps']})"
         facts |= {
             "test loss": f"{results['test_loss']:.4f}",
             "epochs": results["epochs"],

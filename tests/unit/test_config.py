@@ -23,7 +23,7 @@ def test_defaults_then_the_models_recipe_then_yaml_then_flags(tmp_path):
     path = write(tmp_path, "model: lenet\nlr: 0.5\nepochs: 7\nmomentum: 0.8\n")
     config, sources = parse_command_line(["--config", path, "--lr", "0.01", "--epochs", "3"])
     assert (config.model, config.lr, config.epochs, config.momentum) == ("lenet", 0.01, 3, 0.8)
-    assert (config.batch_size, config.schedule) == (100, "none")  # lenet's recipe, not the defaults (256, onecycle)
+    assert (config.batch_size, config.schedule) == (64, "none")  # lenet's recipe, not the defaults (256, onecycle)
     assert config.eval_batch_size == Config().eval_batch_size  # no recipe sets it
     assert sources == {
         **dict.fromkeys(RECIPES["lenet"], "recipe of lenet"),
