@@ -120,6 +120,7 @@ def plot(sweep: Sweep, rows: list[dict], path: Path) -> Path:
                 axes.set_xscale("log")
         else:  # categories: positions in the sweep file's order
             categories = [str(v) for v in spec.get("values", [spec.get("value")])]
+            categories += sorted({str(v) for v in values} - set(categories))  # as config.yaml spells them
             axes.scatter([categories.index(str(v)) for v in values], [row["metric"] for row in scored])
             axes.set_xticks(range(len(categories)), categories, rotation=30)
         axes.set_xlabel(name)
