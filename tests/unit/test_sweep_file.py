@@ -2,9 +2,11 @@
 the index alone, run_cap, and one clear error (exit 2) for each kind of bad sweep file."""
 
 import itertools
+import json
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import REPO
@@ -112,3 +114,26 @@ def test_the_command_line_prints_size_and_points_and_ends_bad_input_in_one_line(
         result = sweep(*args)
         assert result.returncode == 2 and result.stderr.count("error: ") == 1 and message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_summarize_reads_each_runs_status_metric_and_parameters_from_its_folder(tmp_path):
+    from mnist_dist.sweep_summary import plot, read_sweep_folder
+
+    write(tmp_path, "name: s\nmethod: grid\nparameters:\n  lr: {values: [0.1, 0.2, 0.3, 0.4]}\n")
+    for task, lr in enumerate((0.1, 0.2, 0.3, 0.4)):
+        (tmp_path / str(task)).mkdir()
+        (tmp_path / str(task) / "config.yaml").write_text(f"lr: {lr}\n")
+    (tmp_path / "0" / "summary.json").write_text('{"val_accuracy": 0.5, "seconds": 12.0}')
+    (tmp_path / "1" / "metrics.jsonl").write_text('{"val_accuracy": 0.7}\n{"val_accuracy": 0.6}\n')
+    (tmp_path / "1" / ".lock").write_text(json.dumps({"heartbeat": time.time()}))
+    (tmp_path / "2" / "checkpoints" / "step-000040").mkdir(parents=True)
+    (tmp_path / "2" / "checkpoints" / "step-000040" / "COMPLETE").write_text("")
+    sweep, rows = read_sweep_folder(tmp_path)
+    assert [(r["task"], r["status"], r["metric"]) for r in rows] == [
+        ("1", "running", 0.7),  # the best epoch so far
+        ("0", "finished", 0.5),
+        ("2", "stopped", None),
+        ("3", "failed", None),
+    ]
+    assert rows[0]["parameters"] == {"lr": 0.2} and rows[1]["seconds"] == 12.0
+    assert plot(sweep, rows, tmp_path / "sweep.png").stat().st_size > 0
