@@ -124,8 +124,8 @@ OPTION_GROUPS = (
     ),
     OptionGroup(
         "checkpoints",
-        "when checkpoints are written, how many are kept, which one a run resumes from",
-        ("checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "resume"),
+        "when checkpoints are written, how many are kept, which one a run resumes from, which signals ask for one",
+        ("checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "resume", "stop_signals"),
     ),
     OptionGroup(
         "distributed", "devices, precision and the process group", ("cpu", "mixed_precision", "collective_timeout")

@@ -25,6 +25,9 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 WANDB_EVAL_TARGETS = ("train", "new")
 LOADERS = ("auto", "resident", "dataloader")
+# Signals that may ask for a checkpoint-and-stop (--stop-signals). NCCL and some container runtimes use
+# SIGUSR1 themselves, hence the choice (submitit moved to USR2 for the same reason).
+STOP_SIGNAL_NAMES = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT")
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
@@ -105,6 +108,12 @@ class Config:
         "seconds a process waits for the others in a collective before the job ends (exit 5, the last checkpoint "
         f"kept); 0: {DEFAULT_TIMEOUTS['cpu']} on CPUs (gloo), {DEFAULT_TIMEOUTS['cuda']} on GPUs (NCCL)",
     )
+    stop_signals: str = option(
+        "USR1,TERM,INT",
+        "signals that ask for a checkpoint and exit 3, comma-separated, from "
+        + ", ".join(STOP_SIGNAL_NAMES)
+        + " (a second INT aborts); match the SLURM scripts' STOP_SIGNAL",
+    )
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(
         False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off"
@@ -142,6 +151,7 @@ class Config:
         self._check_names_and_files()
 
     def _check_names_and_files(self) -> None:
+        stop_signal_names(self.stop_signals)  # raises ConfigError for an unknown name
         long_tags = [tag for tag in self.wandb_tags.split(",") if len(tag.strip()) > 64]
         if long_tags:
             raise ConfigError(f"W&B tags have at most 64 characters; shorten '{long_tags[0].strip()}'.")
@@ -207,6 +217,18 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def stop_signal_names(text: str) -> tuple[str, ...]:
+    """`--stop-signals` as names without the SIG prefix (`usr2, SIGTERM` -> USR2, TERM), repeats dropped."""
+    names = [name.strip().upper().removeprefix("SIG") for name in text.split(",") if name.strip()]
+    for name in names:
+        if name not in STOP_SIGNAL_NAMES:
+            hint = did_you_mean(name, STOP_SIGNAL_NAMES)
+            raise ConfigError(f"unknown stop signal '{name}'.{hint} Valid: {', '.join(STOP_SIGNAL_NAMES)}.")
+    if not names:
+        raise ConfigError("stop_signals names no signal: pass at least one, such as --stop-signals USR1,TERM,INT.")
+    return tuple(dict.fromkeys(names))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -4,7 +4,7 @@ traceback) and exit with the class's exit code:
     0  finished
     1  crashed (a bug or a failure of the machine: a traceback is printed)
     2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
-    3  stopped by SIGTERM, SIGUSR1 or Ctrl-C (SIGINT) after writing a checkpoint: run again to resume (Preempted)
+    3  stopped by a --stop-signals signal (SIGUSR1, SIGTERM, Ctrl-C) after a checkpoint: run again to resume (Preempted)
     4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
     5  another process stopped responding or ended; the last complete checkpoint is kept (LostProcess)
   130  a second Ctrl-C, or Ctrl-C before or after the training loop: no new checkpoint (Interrupted)

@@ -1,7 +1,9 @@
 """Stop signals become a request to checkpoint and exit, instead of killing the process mid-step.
 
 SLURM sends SIGTERM before a job's time limit or preemption (and SIGUSR1 with --signal=USR1@N);
-torchrun forwards SIGTERM and SIGINT to its workers; Ctrl-C sends SIGINT. The handler only sets a
+torchrun forwards SIGTERM and SIGINT to its workers; Ctrl-C sends SIGINT. Which signals count is
+--stop-signals (default USR1,TERM,INT): NCCL and some container runtimes use SIGUSR1 themselves, so a
+cluster may send USR2 instead, and a signal left out keeps its default action. The handler only sets a
 flag: the trainer finishes the current step, agrees with the other ranks on stopping (ranks may get
 the signal at different steps), writes a checkpoint and exits with Preempted.exit_code (3).
 
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+DEFAULT_STOP_SIGNALS = ("TERM", "USR1", "INT")
 REPEAT_SECONDS = 1.0  # a person's second Ctrl-C comes later than a launcher's forwarded copy of the first
 ABORT_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 INTERRUPTED_AGAIN = (
@@ -26,14 +28,15 @@ INTERRUPTED_AGAIN = (
 
 
 class StopRequest:
-    def __init__(self):
+    def __init__(self, names: tuple[str, ...] = DEFAULT_STOP_SIGNALS):
+        self.numbers = [signal.Signals[f"SIG{name}"] for name in names]  # config.stop_signal_names checked them
         self.signal_name: str | None = None
         self.interrupted_at: float | None = None  # when the first SIGINT came (time.monotonic)
         self.previous = {}
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            for number in STOP_SIGNALS:
+            for number in self.numbers:
                 self.previous[number] = signal.signal(number, self.handle)
         return self
 

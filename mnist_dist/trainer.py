@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from mnist_dist.checkpoint import Checkpointer, TrainingState, save_final
-from mnist_dist.config import Config
+from mnist_dist.config import Config, stop_signal_names
 from mnist_dist.console import TrainingConsole
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
@@ -64,7 +64,8 @@ class Trainer:
         self.build_model_and_optimizer(data.info)
         self.state = TrainingState(world_size=accelerator.num_processes)
         self.sums = EpochSums(self.device)  # this rank's loss sum, correct count and samples in the epoch
-        self.stop = StopRequest()  # SIGTERM/SIGUSR1/Ctrl-C -> checkpoint and exit, while fit() runs
+        # --stop-signals (SIGTERM/SIGUSR1/Ctrl-C by default) -> checkpoint and exit, while fit() runs
+        self.stop = StopRequest(stop_signal_names(config.stop_signals))
         self.console = TrainingConsole(self.is_main)
         self.checkpointer = Checkpointer(
             config, accelerator, config.run_path if config.writes_files else None, data.info

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from helpers import free_port
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
@@ -39,6 +40,13 @@ FINISHED = {
 }
 # Marks every process of this cluster (daemons, job steps, training processes) in its environment.
 MARKER = "MNIST_DIST_TEST_SLURM"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip, unless CI asked for these tests (MNIST_DIST_REQUIRE_SLURM=1): then fail."""
+    if os.environ.get("MNIST_DIST_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (MNIST_DIST_REQUIRE_SLURM=1)")
+    pytest.skip(reason)
 
 
 def missing_programs() -> list[str]:

@@ -10,7 +10,6 @@ The requeued job must resume from the checkpoint and end with exactly the weight
 uninterrupted job (--deterministic, the same seed and world size).
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,33 +18,13 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, assert_same_weights, deterministic_args, metrics_rows, summary
-from slurm_cluster import SlurmCluster, leftover_processes, missing_programs
+from slurm_cluster import SlurmCluster, skip_or_fail
 
 SCRIPTS = REPO / "launch" / "slurm"
 # 240 optimizer steps of 2 x 32 samples inside the first epoch, a checkpoint every 40: about 5 s of
 # training on 2 cores, after about 10 s of start-up.
 ARGS = deterministic_args(240, "--checkpoint-every", "40")
 WEIGHTS_DIFFER = "weights differ from the uninterrupted job"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip, unless CI asked for these tests (MNIST_DIST_REQUIRE_SLURM=1): then fail."""
-    if os.environ.get("MNIST_DIST_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{reason} (MNIST_DIST_REQUIRE_SLURM=1)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    missing = missing_programs()
-    if missing:
-        skip_or_fail(f"needs a SLURM to test against: {', '.join(missing)} not found (apt-get install slurm-wlm munge)")
-    if os.geteuid() != 0:
-        skip_or_fail("starting the test SLURM cluster (munged, slurmd) needs root")
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    yield cluster
-    cluster.stop()
-    assert not leftover_processes(str(cluster.folder)), "processes of the test cluster outlived it"
 
 
 class Job:
@@ -100,7 +79,7 @@ def uninterrupted(cluster, data_dir, tmp_path_factory) -> Job:
 
 def test_job_scripts_pass_bash_n_and_shellcheck():
     scripts = sorted(SCRIPTS.glob("*.sbatch")) + [SCRIPTS / "common.sh"]
-    assert len(scripts) == 4
+    assert len(scripts) == 5
     for script in scripts:
         result = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
         assert result.returncode == 0, f"bash -n {script.name}: {result.stderr}"

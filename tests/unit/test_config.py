@@ -8,7 +8,7 @@ import pytest
 from helpers import REPO
 
 from mnist_dist.cli import load_yaml, parse_command_line, parse_config, yaml_text
-from mnist_dist.config import MODELS, Config, make_config
+from mnist_dist.config import MODELS, Config, make_config, stop_signal_names
 from mnist_dist.errors import ConfigError
 from mnist_dist.recipes import RECIPES
 
@@ -92,6 +92,8 @@ def test_saved_config_loads_back_equal(tmp_path):
         (["--seed", str(2**32)], "seed must be below 2**32"),
         (["--momentum", "2"], "momentum must be in [0, 1), got 2.0"),
         (["--data-file", "x.pkl.gz"], "--data-file is read by dataset mnist-pkl only, not digits"),
+        (["--stop-signals", "USR3"], "unknown stop signal 'USR3'. Did you mean 'USR2'? Valid: USR1, USR2"),
+        (["--stop-signals", ","], "stop_signals names no signal"),
     ],
 )
 def test_invalid_flags_are_explained(argv, message):
@@ -134,3 +136,7 @@ def test_readme_reference_lists_every_option():
     reference = readme[readme.index("## Configuration reference") :]
     missing = [name for name in Config.__dataclass_fields__ if f"| `{name}` |" not in reference]
     assert not missing, f"regenerate the README reference (scripts/options_reference.py); missing: {missing}"
+
+
+def test_stop_signals_are_read_without_sig_prefix_case_or_repeats():
+    assert stop_signal_names(parse_config(["--stop-signals", "sigusr2, TERM,USR2"]).stop_signals) == ("USR2", "TERM")

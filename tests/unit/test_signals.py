@@ -8,9 +8,10 @@ import time
 from helpers import REPO
 
 WAITER = """
-import time
-from mnist_dist.signals import StopRequest
-with StopRequest() as stop:
+import sys, time
+from mnist_dist.signals import DEFAULT_STOP_SIGNALS, StopRequest
+names = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else DEFAULT_STOP_SIGNALS
+with StopRequest(names) as stop:
     print("ready", flush=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and stop.signal_name is None:
@@ -20,9 +21,14 @@ with StopRequest() as stop:
 """
 
 
-def start_waiter() -> subprocess.Popen:
+def start_waiter(*names: str) -> subprocess.Popen:
+    """A process that waits for a stop request from the signals `names` (by default the default ones)."""
     process = subprocess.Popen(
-        [sys.executable, "-c", WAITER], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", WAITER, *([",".join(names)] if names else [])],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stdout.readline().strip() == "ready"
     return process
@@ -51,3 +57,14 @@ def test_sigterm_and_one_ctrl_c_only_ask_and_keep_the_first_name():
         process.send_signal(signal.SIGUSR1)  # a later signal does not rename the request
         stdout, stderr = process.communicate(timeout=10)
         assert process.returncode == 0 and stdout.strip() == f"asked by {name}", stderr
+
+
+def test_only_the_chosen_stop_signals_ask_the_others_keep_their_default_action():
+    process = start_waiter("USR2")
+    process.send_signal(signal.SIGUSR2)
+    stdout, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0 and stdout.strip() == "asked by SIGUSR2", stderr
+    process = start_waiter("USR2")
+    process.send_signal(signal.SIGUSR1)  # not chosen: Python's default, the process dies of it
+    process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGUSR1
