@@ -30,8 +30,9 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runs import REPO, machine, train_command, write_results  # noqa: E402
 
-# Epochs of 313 steps (20,000 digits / 2 processes x 32). A round trains for a few seconds, about 200
-# steps here (at most ~450), so one epoch per round keeps the run going until the last fault.
+# Epochs of 282 steps (18,000 training digits, 2,000 held out for validation / 2 processes x 32).
+# A round trains for a few seconds, about 200 steps here (at most ~450), so one epoch per round
+# keeps the run going until the last fault.
 ARGS = "--model lenet --dataset digits --batch-size 32 --lr 0.05 --deterministic --wandb disabled"
 ARGS += " --checkpoint-every 25 --log-every 25 --collective-timeout 10"
 FAULTS = ("kill one rank", "kill the job", "SIGTERM one rank", "Ctrl-C", "SIGSTOP one rank")

@@ -69,8 +69,8 @@ class Checkpointer:
     """Decides when to save, saves in a coordinated way across ranks, and finds and loads what to resume.
 
     The trainer `attach`es what a checkpoint holds, asks `due(step, last_of_epoch)` after every
-    optimizer step (it checks the run's health before a save), and calls `maybe_save(step,
-    epoch_end=True)` after each epoch's evaluation.
+    optimizer step and `due(step, epoch_end=True)` after each epoch's evaluation, checks the run's
+    health, and then calls `save_now()`.
     """
 
     def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None, info: DatasetInfo | None = None):
@@ -82,7 +82,7 @@ class Checkpointer:
         self.contents: Callable[[], tuple] | None = None
 
     def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state, best) -> None:
-        """What `maybe_save` writes: the bare model (not DDP- or compile-wrapped), its optimizer and
+        """What `save_now` writes: the bare model (not DDP- or compile-wrapped), its optimizer and
         schedule, the training state, `rank_state()`, this rank's own state at the time of saving, and
         `best()`, the weights of the best validation accuracy so far (or None)."""
         self.contents = lambda: (state, module, optimizer, scheduler, rank_state(), best())
@@ -96,9 +96,6 @@ class Checkpointer:
         every = self.config.checkpoint_every
         by_steps = every > 0 and step % every == 0
         return self.enabled and by_steps and not (last_of_epoch and self.config.checkpoint_epochs)
-
-    def maybe_save(self, step: int, epoch_end: bool = False) -> Path | None:
-        return self.save_now() if self.due(step, epoch_end=epoch_end) else None
 
     def save_now(self) -> Path:
         """Save what the trainer attached, due or not (a stop signal asks for it)."""

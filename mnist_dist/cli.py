@@ -218,6 +218,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[Config, dict[str,
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
+    """The Config of a command line, without what set each option (tests and scripts use it)."""
     return parse_command_line(argv)[0]
 
 

@@ -25,7 +25,7 @@ MUST_MATCH = ("model", "dataset", "val_size", "batch_size", "grad_accum_steps", 
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
 DELETE_IT = "delete that checkpoint or pass --resume none."
-NOT_NEGATIVE = ("step", "epoch", "batches_done", "epochs_since_best")
+NOT_NEGATIVE = ("step", "epoch", "batches_done", "epochs_since_best", "evaluated_step")
 
 
 class DamagedCheckpoint(UserError):
@@ -44,6 +44,7 @@ class TrainingState:
     best_accuracy: float = -1.0
     best_step: int = -1
     epochs_since_best: int = 0
+    evaluated_step: int = 0  # the step of the last epoch's end (evaluation, epoch row, model selection)
     world_size: int = 1
     wandb_run_id: str | None = None
 
@@ -112,7 +113,13 @@ def read_state(path: Path) -> tuple[TrainingState, dict]:
 
 
 def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, world_size: int) -> None:
-    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs."""
+    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs.
+    The number of processes first: a recipe's batch size is shared among them, so it differs too."""
+    if state.world_size != world_size:
+        raise UserError(
+            f"checkpoint {path} was written by {state.world_size} processes, this run has "
+            f"{world_size}: resume with the same number for an exact continuation."
+        )
     for key in MUST_MATCH:
         if saved.get(key) != getattr(config, key):
             raise UserError(
@@ -127,11 +134,6 @@ def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, wo
                     f"{getattr(config, key)!r}; the {config.schedule} schedule cannot be "
                     "stretched: keep the options, or use another --run-dir or --resume none."
                 )
-    if state.world_size != world_size:
-        raise UserError(
-            f"checkpoint {path} was written by {state.world_size} processes, this run has "
-            f"{world_size}: resume with the same number for an exact continuation."
-        )
 
 
 @dataclass

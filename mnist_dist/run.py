@@ -13,7 +13,7 @@ from mnist_dist.atomic import write_atomically
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
-from mnist_dist.distributed import build_accelerator, collective_timeout, lost_peer
+from mnist_dist.distributed import build_accelerator, collective_timeout, lost_peer, write_on_main
 from mnist_dist.errors import LostProcess, first_line
 from mnist_dist.facts import system_facts
 from mnist_dist.resume import PLANNED_SCHEDULES
@@ -65,10 +65,10 @@ def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
 
 
 def save_config(config: Config, accelerator: Accelerator) -> None:
-    """config.yaml, written once the run is sure to train: a refused rerun leaves the old one as it was."""
-    if not (config.writes_files and accelerator.is_main_process):
-        return
-    write_atomically(config.run_path / "config.yaml", yaml_text(config))
+    """config.yaml, written once the run is sure to train: a refused rerun leaves the old one as it was.
+    The main process writes it; a failed write ends every rank with its one line."""
+    write = lambda: write_atomically(config.run_path / "config.yaml", yaml_text(config))  # noqa: E731
+    write_on_main(accelerator, write, enabled=config.writes_files)
 
 
 def report_finished(trainer: Trainer) -> dict:

@@ -18,7 +18,9 @@ import sys
 import threading
 import time
 
-DEFAULT_STOP_SIGNALS = ("TERM", "USR1", "INT")
+from mnist_dist.config import FIELDS
+
+DEFAULT_STOP_SIGNALS = tuple(FIELDS["stop_signals"].default.split(","))  # train.py's default, --stop-signals
 REPEAT_SECONDS = 1.0  # a person's second Ctrl-C comes later than a launcher's forwarded copy of the first
 ABORT_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 INTERRUPTED_AGAIN = (

@@ -60,9 +60,13 @@ def summarize(folder: Path, as_json: bool, plot_path: str | None) -> None:
     from mnist_dist.sweep_summary import plot, read_sweep_folder, show_table
 
     sweep, rows = read_sweep_folder(folder)
-    picture = plot(sweep, rows, Path(plot_path) if plot_path else folder / "sweep.png")
+    # The table's PNG goes beside it unless --plot says where; --json draws one only when asked.
+    picture = Path(plot_path) if plot_path else None if as_json else folder / "sweep.png"
+    if picture is not None:
+        plot(sweep, rows, picture)
     if as_json:
-        print(json.dumps({"sweep": sweep.name, "metric": sweep.metric, "plot": str(picture), "runs": rows}, indent=2))
+        report = {"sweep": sweep.name, "metric": sweep.metric, "plot": picture and str(picture), "runs": rows}
+        print(json.dumps(report, indent=2))
         return
     show_table(sweep, rows, Console())
     print(f"plot: {picture}")

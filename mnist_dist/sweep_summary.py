@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from mnist_dist.atomic import replace_atomically
 from mnist_dist.checkpoint_files import newest_checkpoint
 from mnist_dist.run_lock import LOCK_FILE, STALE_SECONDS
 from mnist_dist.sweep_file import Sweep, SweepError, read_sweep
@@ -126,5 +127,6 @@ def plot(sweep: Sweep, rows: list[dict], path: Path) -> Path:
         axes.set_xlabel(name)
         axes.set_ylabel(sweep.metric)
     figure.suptitle(f"sweep {sweep.name}")
-    figure.savefig(path, dpi=100)
+    save = lambda temporary: figure.savefig(temporary, dpi=100, format="png")  # noqa: E731
+    replace_atomically(path, save, fix="pass --plot with a writable path")  # a failed write: one error line
     return path

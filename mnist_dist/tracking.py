@@ -1,7 +1,7 @@
 """Where metrics go: `metrics.jsonl` in the run directory, and Weights & Biases when enabled.
 
 Main process only. metrics.jsonl gets every row as the trainer names it; W&B (wandb_session.py) gets
-the same rows in run-page sections (train/, epoch/, eval/), then the final results and the model
+the same rows in run-page sections (train/, epoch/, val/ or test/), then the final results and the model
 (wandb_media.py).
 W&B is optional: without the package, or when it fails, training goes on and says so once.
 """
@@ -119,13 +119,13 @@ class Tracker:
         Only the main process can say True; the trainer shares its answer, since every rank predicts."""
         return self.wandb is not None and self.wandb.live and self.run_dir is not None
 
-    def log_results(self, predictions, images, class_names, step: int) -> None:
+    def log_results(self, predictions, images, class_names, step: int, kept_step: int) -> None:
         """End of training (W&B only): confusion matrix and predictions table of `predictions` (the test
         split's SplitPredictions, which cover its uint8 `images` (N, C, H, W)), the figures of earlier
-        evaluate.py reports, then the model artifact."""
+        evaluate.py reports, at `step`; then the kept weights (of `kept_step`) as the model artifact."""
         if self.wants_predictions:
             model_path = self.run_dir / "model.safetensors"
-            log_final_results(self.wandb, predictions, images, class_names, model_path, self.config, step)
+            log_final_results(self.wandb, predictions, images, class_names, model_path, self.config, step, kept_step)
 
     def close(self) -> None:
         self.close_metrics()

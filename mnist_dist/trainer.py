@@ -133,6 +133,8 @@ class Trainer:
                 evaluation = self.splits.evaluate(self.module)
                 train["eval_seconds"] = time.perf_counter() - eval_start
                 self.end_epoch(train, evaluation)
+            if self.state.step > self.state.evaluated_step:  # resumed after the last step, before its epoch's end
+                evaluation = self.end_pending_epoch()
         if (
             self.selection.stopped_early()
             and self.state.epoch < self.config.epochs
@@ -240,8 +242,17 @@ class Trainer:
             )
             raise Preempted(f"stopped by {signal_name} after step {self.state.step}: {saved}.")
 
+    def end_pending_epoch(self) -> EvalResult:
+        """A run stopped after its last step but before that epoch's evaluation (a stop signal in its
+        last steps) ends the epoch on resume, as the uninterrupted run did: evaluated, logged, chosen."""
+        started, train = time.perf_counter(), {**self.sums.over_ranks(self.accelerator), "seconds": 0.0}
+        evaluation = self.splits.evaluate(self.module)
+        self.end_epoch({**train, "samples_per_second": 0.0, "eval_seconds": time.perf_counter() - started}, evaluation)
+        return evaluation
+
     def end_epoch(self, train: dict, evaluation: EvalResult) -> None:
         state = self.state
+        state.evaluated_step = state.step
         row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
@@ -257,9 +268,9 @@ class Trainer:
         """Test the kept weights; write them, the last (`evaluation`'s) and summary.json; print and send the results."""
         fail_together(self.accelerator, self.tracker.failure)  # a row lost since the last health check
         last = cpu_weights(self.module)
-        kept_step = self.selection.keep(self.module)
+        self.kept_step = self.selection.keep(self.module)
         test = self.splits.evaluate(self.module, test=True) if self.splits.held_out else evaluation
-        results = final_results(self.state, evaluation, test, kept_step, seconds, self.facts)
+        results = final_results(self.state, evaluation, test, self.kept_step, seconds, self.facts)
         save_final(self.accelerator, self.config, self.info, results, kept=self.module.state_dict(), last=last)
         self.console.summary(results, self.config.run_dir if self.config.writes_files else None)
         self.tracker.summarize(results)
@@ -276,7 +287,8 @@ class Trainer:
             return
         predictions = self.splits.predict_test(self.module)
         if self.is_main:
-            self.tracker.log_results(predictions, self.splits.test_set.images, self.info.class_names, self.state.step)
+            images, names = self.splits.test_set.images, self.info.class_names
+            self.tracker.log_results(predictions, images, names, self.state.step, self.kept_step)
 
     def close(self) -> None:
         self.tracker.close()

@@ -90,9 +90,11 @@ def log_final_results(
     model_path: Path,
     config: Config,
     step: int,
+    kept_step: int,
 ) -> None:
-    """End of training: the confusion matrix and predictions table of the final model on the test
-    set, the figures of earlier evaluate.py reports in the run directory, then the model as an artifact."""
+    """End of training: the confusion matrix and predictions table of the kept model on the test set,
+    the figures of earlier evaluate.py reports in the run directory (logged at `step`, the last), then
+    the kept model as an artifact (aliased step-<kept_step>)."""
     wandb = tracked.wandb
 
     def media() -> None:
@@ -105,12 +107,12 @@ def log_final_results(
 
     tracked.attempt("logging the final results", media)
     if model_path.is_file():
-        tracked.attempt("logging the model artifact", lambda: log_model(tracked, model_path, config, step))
+        tracked.attempt("logging the model artifact", lambda: log_model(tracked, model_path, config, kept_step))
 
 
 def log_model(tracked: WandbRun, path: Path, config: Config, step: int) -> None:
     """The safetensors weights at `path` as artifact model-<run id>, aliased latest and step-<step>."""
-    about = f"{config.model} trained on {config.dataset}: the final weights (safetensors)"
+    about = f"{config.model} trained on {config.dataset}: the weights the run kept (safetensors)"
     artifact = tracked.wandb.Artifact(f"model-{tracked.id}", type="model", description=about, metadata=config.to_dict())
     artifact.add_file(str(path), name=path.name)
     tracked.run.log_artifact(artifact, aliases=["latest", f"step-{step}"])

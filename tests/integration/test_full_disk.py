@@ -61,14 +61,17 @@ def assert_no_temporaries(folder) -> None:
     assert not left, left
 
 
-def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, processes):
+    """Only the main process writes config.yaml: every rank ends with its line, none waits for it."""
     run_dir = disk.path / "run"
     disk.leave_free(1)  # the run directory's lock takes it
-    failed = train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", check=False)
-    assert_clean_error(failed, f"cannot write {run_dir}/config.yaml (No space left on device)", "run the same command")
+    failed = train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", processes=processes, check=False)
+    where = f"cannot write {run_dir}/config.yaml (No space left on device)"
+    assert_clean_error(failed, where, "run the same command", processes=processes)
     assert not run_dir.exists()
     disk.leave_free(PLENTY // PAGE)
-    train_into(run_dir, data_dir, *ARGS, "--max-steps", "10")
+    train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", processes=processes)
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -2,7 +2,9 @@
 load_model, the exported program and the README's lines, with real processes and files."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -51,13 +53,17 @@ def test_the_validation_split_is_held_out_the_same_way_for_any_number_of_process
     (epoch,) = [row for row in metrics_rows(run_dir) if row["type"] == "epoch"]
     assert (epoch["train_samples"], epoch["val_samples"]) == (18_000, 2_000)  # 10% of 20,000, the rest trained
     results = summary(run_dir)
+    reports = []
     for evaluators in (1, 2):  # evaluate.py rebuilds the split from the run's config
         out = run_dir / f"val-{evaluators}"
         evaluated = run_script("evaluate.py", ["--checkpoint", run_dir, "--split", "val", "--out", out], evaluators)
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["samples"] == 2_000
-        assert metrics["accuracy"] == pytest.approx(results["val_accuracy"], abs=1e-3)  # 2 samples of room
+        reports.append(json.loads((out / "metrics.json").read_text()))
+    one, two = reports
+    assert one["samples"] == two["samples"] == 2_000
+    # The same samples, each class's: evaluation is exact for any number of processes.
+    assert (one["confusion_matrix"], one["loss"]) == (two["confusion_matrix"], two["loss"])
+    assert one["accuracy"] == pytest.approx(results["val_accuracy"], abs=1e-3)  # the trainer's, 2 samples of room
 
 
 def test_early_stopping_watches_validation_and_keeps_the_best_weights(train):
@@ -81,7 +87,32 @@ def test_with_nothing_held_out_the_run_says_so_and_keeps_its_last_weights(train)
     assert results["kept"] == "last" and "val_accuracy" not in results
     (epoch,) = [row for row in metrics_rows(run_dir) if row["type"] == "epoch"]
     assert epoch["test_accuracy"] == results["test_accuracy"]
-    assert (run_dir / "model.safetensors").read_bytes() != b"" and (run_dir / "last.safetensors").exists()
+    kept, last = load_file(run_dir / "model.safetensors"), load_file(run_dir / "last.safetensors")
+    assert kept.keys() == last.keys() and all(torch.equal(kept[name], last[name]) for name in kept)
+
+
+def test_a_run_stopped_after_its_last_step_ends_that_epoch_on_resume(data_dir, tmp_path):
+    """A stop signal in a run's last steps checkpoints at the last step, before that epoch's validation.
+    The same command then validates, logs and chooses that epoch as the uninterrupted run did. Here the
+    stopped run is the uninterrupted one's folder without what it wrote after its last checkpoint."""
+    args = ["--model", "lenet", "--max-steps", "30", "--no-checkpoint-epochs", "--checkpoint-every", "30"]
+    train_into(tmp_path / "whole", data_dir, *args)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "whole", stopped)
+    for name in ("summary.json", "model.safetensors", "last.safetensors"):
+        (stopped / name).unlink()
+    rows = [row for row in metrics_rows(stopped) if row["type"] == "step"]
+    (stopped / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    train_into(stopped, data_dir, *args)
+    whole, resumed = summary(tmp_path / "whole"), summary(stopped)
+    for key in ("kept", "kept_step", "val_accuracy", "test_accuracy", "epochs", "steps"):
+        assert resumed[key] == whole[key], key
+    drop = ("epoch_seconds", "val_seconds", "samples_per_second")
+    epochs = [
+        [{k: v for k, v in row.items() if k not in drop} for row in metrics_rows(run) if row["type"] == "epoch"]
+        for run in (tmp_path / "whole", stopped)
+    ]
+    assert epochs[0] == epochs[1] and len(epochs[0]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +144,11 @@ def test_the_weights_file_carries_its_preprocessing_and_the_users_umask(lenet_ru
     assert about["model"] == "lenet" and json.loads(about["input_shape"]) == [1, 28, 28]
     assert json.loads(about["class_names"]) == [str(digit) for digit in range(10)]
     assert set(json.loads(about["accuracies"])) == {"val", "test"} and about["step"] == "282"  # 18,000 / 64
+    umask = os.umask(0)
+    os.umask(umask)  # read it back: the training process had the same
     modes = {path.name: path.stat().st_mode & 0o777 for path in lenet_run.iterdir() if path.is_file()}
-    assert modes["model.safetensors"] == modes["config.yaml"] == modes["summary.json"], modes  # the umask, not 0600
+    for name in ("model.safetensors", "last.safetensors", "summary.json", "config.yaml", "metrics.jsonl"):
+        assert modes[name] == 0o666 & ~umask, modes  # what the user's umask gives, never 0600
 
 
 def readme_python(section: str) -> list[str]:

@@ -18,7 +18,6 @@ import psutil
 import pytest
 import torch
 from helpers import assert_same_weights, deterministic_args, metrics_rows, start_script
-from safetensors.torch import load_file
 
 # 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40.
 ARGS = deterministic_args(240, "--checkpoint-every", "40", "--wandb", "disabled")
@@ -206,18 +205,6 @@ def test_torchrun_restart_resumes_and_matches(uninterrupted, data_dir, tmp_path)
     assert code == 0, stderr[-3000:]
     assert "resumed from" in stdout
     assert_same_weights(run_dir, uninterrupted[2], WEIGHTS_DIFFER)
-
-
-def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(data_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    # Nesterov, weight decay and label smoothing (the cnn recipe's) make lr 40 blow up within 30 steps;
-    # with lenet's plain recipe its ReLUs die instead and the loss stays finite.
-    diverging = ["--lr", "40", "--schedule", "none", "--nesterov", "--weight-decay", "5e-4", "--label-smoothing", "0.1"]
-    code, _, stderr = run(run_dir, data_dir, 1, [*diverging, "--checkpoint-every", "2"])
-    assert code == 4, stderr[-2000:]
-    assert "error: the" in stderr and "NaN or infinite" in stderr
-    for checkpoint in (run_dir / "checkpoints").glob("step-*"):
-        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ def summarize(folder: Path, *options: str) -> subprocess.CompletedProcess:
 
 
 def test_a_three_task_array_trains_each_point_and_summarize_lists_them(reference):
-    listing = json.loads(summarize(reference.runs, "--json").stdout)
+    listing = json.loads(summarize(reference.runs, "--json", "--plot", str(reference.runs / "sweep.png")).stdout)
     runs = listing["runs"]
     assert [run["status"] for run in runs] == ["finished"] * 3
     assert sorted(run["parameters"]["lr"] for run in runs) == [0.02, 0.05, 0.1]  # task i: point i of the grid
@@ -101,11 +101,11 @@ def test_the_stop_signal_to_one_task_requeues_that_task_and_it_resumes_to_identi
     cluster, reference, data_dir, tmp_path, signal
 ):
     # USR1: the scripts' default, to every process of the task (--full), as SLURM's preemption does.
-    # USR2: chosen by one variable (SBATCH_SIGNAL) and --stop-signals, sent to the batch shell only
-    # (as #SBATCH --signal=B:USR2@120 does), which must forward it to the training process.
+    # USR2: chosen by one variable alone (SBATCH_SIGNAL: the scripts then give train.py --stop-signals),
+    # sent to the batch shell only (as #SBATCH --signal=B:USR2@120 does), which must forward it.
     env, extra, target = {}, [], "--full"
     if signal == "USR2":
-        env, extra, target = {"SBATCH_SIGNAL": "B:USR2@120"}, ["--stop-signals", "USR2"], "--batch"
+        env, target = {"SBATCH_SIGNAL": "B:USR2@120"}, "--batch"
     sweep = Sweep(cluster, tmp_path, data_dir, "1", extra, env)
     sweep.wait_for_file(sweep.runs / "1" / "checkpoints" / "step-000040" / "COMPLETE")
     cluster.command("scancel", f"--signal={signal}", target, f"{sweep.id}_1")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, metrics_rows, summary
+from helpers import REPO, deterministic_args, metrics_rows, summary
 from safetensors.torch import load_file
 
 from mnist_dist.cli import load_yaml
@@ -192,3 +192,14 @@ def test_progress_lines_in_a_log_come_at_every_tenth_of_the_epoch_with_accumulat
         re.M,
     )
     assert [(int(percent), int(step)) for percent, step in lines] == [(10 * n, 9 * n) for n in range(1, 10)]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(train):
+    # Nesterov, weight decay and label smoothing (the cnn recipe's) make lr 40 blow up within 30 steps;
+    # with lenet's plain recipe its ReLUs die instead and the loss stays finite.
+    diverging = ["--lr", "40", "--schedule", "none", "--nesterov", "--weight-decay", "5e-4", "--label-smoothing", "0.1"]
+    result, run_dir = train(*deterministic_args(30), *diverging, "--checkpoint-every", "2", check=False)
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "error: the" in result.stderr and "NaN or infinite" in result.stderr
+    for checkpoint in (run_dir / "checkpoints").glob("step-*"):
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())

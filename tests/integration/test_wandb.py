@@ -116,7 +116,8 @@ def test_final_results_confusion_matrix_predictions_table_and_model_artifact(two
     assert run.history[-1]["predictions"]["_type"] == "table-file"
 
     model = run.artifact("model")
-    assert model.name == f"model-{run.id}" and set(model.aliases) == {"latest", "step-25"}
+    kept = f"step-{final['kept_step']}"  # the kept weights' step: the best validation accuracy's
+    assert model.name == f"model-{run.id}" and set(model.aliases) == {"latest", kept}
     assert json.loads(model.metadata) == yaml.safe_load((run_dir / "config.yaml").read_text())
     (entry,) = model.manifest.contents
     assert entry.path == "model.safetensors" and entry.size == (run_dir / "model.safetensors").stat().st_size
