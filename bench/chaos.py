@@ -5,7 +5,8 @@
 Each round starts the same torchrun command on the same run directory, waits a random 1-9 s (start-up
 included, so some faults land before training), and injects one fault: SIGKILL of one rank, SIGKILL
 of the whole job, SIGTERM to one rank, Ctrl-C (SIGINT to torchrun and its workers, as a terminal
-sends it), or SIGSTOP of one rank (the others give up after --collective-timeout). Then the command
+sends it), or SIGSTOP of one rank (the others give up after --collective-timeout; a stopped process that no
+collective waits on is continued after 60 s, as an operator would). Then the command
 runs once more to the end. The run survived if its final weights equal an uninterrupted run's bit for
 bit and metrics.jsonl holds each logged step and each epoch exactly once, in order. Prints
 "faults survived K/N": N faults that interrupted the job (exit code not 0), K of them in a run that
@@ -31,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runs import REPO, machine, train_command, write_results  # noqa: E402
 
 # Epochs of 282 steps (18,000 training digits, 2,000 held out for validation / 2 processes x 32).
-# A round trains for a few seconds, about 200 steps here (at most ~450), so one epoch per round
-# keeps the run going until the last fault.
+# A round trains for a few seconds, 200-450 steps here, so two epochs per round keep the run
+# going until the last fault (one per round was used up by round 16 of 20).
 ARGS = "--model lenet --dataset digits --batch-size 32 --lr 0.05 --deterministic --wandb disabled"
 ARGS += " --checkpoint-every 25 --log-every 25 --collective-timeout 10"
 FAULTS = ("kill one rank", "kill the job", "SIGTERM one rank", "Ctrl-C", "SIGSTOP one rank")
@@ -81,6 +82,13 @@ def round_of_chaos(fault: str, run_dir: Path, data_dir: Path, epochs: int, log) 
     finished_before = process.poll() is not None
     stopped = None if finished_before else inject(fault, process)
     try:
+        code = process.wait(timeout=60 if stopped is not None else 180)
+    except subprocess.TimeoutExpired:
+        if stopped is None:
+            raise
+        # No collective waits on it (the others had finished, or had left after the timeout): a
+        # stopped process never ends by itself, so continue it, as an operator would.
+        stopped.resume()
         code = process.wait(timeout=180)
     finally:
         if stopped is not None and stopped.is_running():
@@ -111,7 +119,7 @@ def main() -> None:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory() as folder, (Path(folder) / "log").open("w") as log:
         reference, run_dir = Path(folder) / "reference", Path(folder) / "run"
-        epochs = args.rounds  # see ARGS
+        epochs = 2 * args.rounds  # see ARGS
         assert start(reference, Path(args.data_dir), epochs, log).wait() == 0, "the uninterrupted run failed"
         rounds = []
         for number in range(1, args.rounds + 1):
