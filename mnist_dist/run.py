@@ -9,11 +9,11 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.atomic import write_atomically
+from mnist_dist.atomic import WriteFailed, write_atomically
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
-from mnist_dist.distributed import build_accelerator, collective_timeout, lost_peer, write_on_main
+from mnist_dist.distributed import build_accelerator, collective_timeout, fail_together, lost_peer, write_on_main
 from mnist_dist.errors import LostProcess, first_line
 from mnist_dist.facts import system_facts
 from mnist_dist.resume import PLANNED_SCHEDULES
@@ -44,23 +44,20 @@ def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -
 
 def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
     """The main process takes the run directory's lock before anything is written; every rank learns
-    whether it got it, so that a refused job ends on every rank with the same line."""
+    whether it got it (distributed.fail_together), so that a refused job ends on every rank with the
+    same line."""
     lock, refusal = None, None
     if config.writes_files and accelerator.is_main_process:
         lock = RunLock(config.run_path)
         try:
             lock.acquire()
         except RunInUse as error:
-            refusal = str(error)
+            refusal = error
         except OSError as error:
-            refusal = f"cannot write the run directory {config.run_dir} ({error.strerror}): pass a writable --run-dir."
-    verdict = [refusal]
-    broadcast_object_list(verdict)  # a no-op in a single process
-    if verdict[0]:
-        # Every rank leaves together: a gloo rank that tears the group down while another still
-        # finishes the broadcast can abort it ("terminate called without an active exception").
-        accelerator.wait_for_everyone()
-        raise RunInUse(verdict[0])
+            refusal = WriteFailed(
+                f"cannot write the run directory {config.run_dir} ({error.strerror}): pass a writable --run-dir."
+            )
+    fail_together(accelerator, refusal)
     return lock
 
 

@@ -15,13 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+from mnist_dist.cli import Parser  # one-line errors naming the command, as train.py's
 from mnist_dist.errors import UserError, report_error
 from mnist_dist.sweep_file import read_sweep, train_flags
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{message}. See python -m mnist_dist.sweep --help.")
 
 
 def build_parser() -> Parser:
