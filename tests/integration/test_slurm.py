@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, assert_same_weights, deterministic_args, metrics_rows, summary
-from slurm_cluster import SlurmCluster, skip_or_fail
+from slurm_cluster import FINISHED, SlurmCluster, skip_or_fail
 
 SCRIPTS = REPO / "launch" / "slurm"
 # 240 optimizer steps of 2 x 32 samples inside the first epoch, a checkpoint every 40: about 5 s of
@@ -50,7 +50,7 @@ class Job:
                 pytest.fail(f"{path} did not appear in {timeout} s; job log:\n{self.output()}")
             if now > next_check:  # scontrol costs a round trip: ask about once a second
                 state = self.cluster.job(self.id)["JobState"]
-                assert state in {"PENDING", "RUNNING", "CONFIGURING"}, f"job {self.id} is {state}:\n{self.output()}"
+                assert state not in FINISHED, f"job {self.id} is {state}:\n{self.output()}"
                 next_check = now + 1
             time.sleep(0.05)
 

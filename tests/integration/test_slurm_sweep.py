@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, assert_same_weights, deterministic_args
-from slurm_cluster import SlurmCluster
+from slurm_cluster import FINISHED, SlurmCluster
 
 SWEEP = """
 name: tiny
@@ -53,7 +53,9 @@ class Sweep:
             tasks = self.tasks()
             if len(tasks) == count and all(task["JobState"] == "COMPLETED" for task in tasks.values()):
                 return tasks
-            failed = [task for task in tasks.values() if task["JobState"] not in {"PENDING", "RUNNING", "COMPLETED"}]
+            # A requeued task passes through COMPLETING, REQUEUED and PENDING: only an end that is not
+            # COMPLETED is a failure.
+            failed = [task for task in tasks.values() if task["JobState"] in FINISHED - {"COMPLETED"}]
             if failed or time.monotonic() > deadline:
                 pytest.fail(f"tasks {tasks}\n{self.logs()}\n{self.cluster.logs()}")
             time.sleep(0.5)
