@@ -96,6 +96,7 @@ OPTION_GROUPS = (
             "download",
             "val_size",
             "augment",
+            "eval_flip",
             "loader",
             "num_workers",
             "eval_batch_size",

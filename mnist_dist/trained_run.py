@@ -135,7 +135,7 @@ def check_dataset_fits(run: TrainedRun, dataset: str) -> DatasetInfo:
 
 def build_trained_model(run: TrainedRun) -> torch.nn.Module:
     """The architecture named in the config, with the saved weights loaded strictly (every tensor must fit)."""
-    model = build_model(run.config.model, run.info)
+    model = build_model(run.config.model, run.info, run.config.eval_flip)
     try:
         model.load_state_dict(run.state, strict=True)
     except RuntimeError as error:

@@ -97,7 +97,7 @@ class Trainer:
     def build_model_and_optimizer(self, info: DatasetInfo) -> None:
         config = self.config
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        model = build_model(config.model, info).to(self.device, memory_format=self.memory_format)
+        model = build_model(config.model, info, config.eval_flip).to(self.device, memory_format=self.memory_format)
         optimizer = build_optimizer(config, model, self.device, self.accelerator.mixed_precision)
         # Not passed to accelerator.prepare: its wrapper steps a schedule once per process per step.
         self.scheduler = build_scheduler(config, optimizer, self.total_steps, self.steps_per_epoch)

@@ -1,8 +1,9 @@
 """Augmentation on the training device, a whole batch at a time, the same whatever the world size.
 
-Digit-like sets get random shifts of up to 2 pixels; CIFAR-10 gets the classic random crop
-(4 pixels of zero padding) and horizontal flip. Works on uint8 batches before normalization,
-so the padding is black background.
+Digit-like sets get random shifts of up to 2 pixels; Fashion-MNIST random horizontal flips only
+(its items are centred: shifts of 1 or 2 pixels cost accuracy in every measured budget, docs/BENCHMARKS.md);
+CIFAR-10 the classic random crop (4 pixels of zero padding) and horizontal flip. Works on uint8
+batches before normalization, so the padding is black background.
 
 Each sample's draws are a function of (seed, epoch, sample index) only: a counter-based generator
 (an integer hash of those numbers), not a random stream consumed in batch order. So an image gets
@@ -15,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 # dataset -> (largest shift in pixels, random horizontal flip)
-POLICIES = {"cifar10": (4, True)}
-DEFAULT_POLICY = (2, False)  # digits, mnist, fashion-mnist, mnist-pkl: no flips (a flipped 2 is no 2)
+POLICIES = {"cifar10": (4, True), "fashion-mnist": (0, True)}  # flips where config.MIRRORED allows them
+DEFAULT_POLICY = (2, False)  # digits, mnist, mnist-pkl: no flips (a flipped 2 is no 2)
 
 MASK = 0xFFFFFFFF  # values are kept in [0, 2^32) inside int64 tensors
 

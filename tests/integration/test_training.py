@@ -12,7 +12,9 @@ import torch
 from helpers import REPO, deterministic_args, metrics_rows, summary
 from safetensors.torch import load_file
 
+from mnist_dist import load_model
 from mnist_dist.cli import load_yaml
+from mnist_dist.data.datasets import load_dataset
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -100,16 +102,26 @@ def test_augmentation_is_the_same_whatever_the_processes_batches_or_loader(train
     assert_the_same_steps(train, "--augment", "--dataset", dataset, "--max-steps", "6", *data, atol=1e-4)
 
 
-def test_fashion_mnist_lenet_one_epoch_reaches_80_percent(train):
+def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluates_mirror_images(train, data_dir):
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
         if os.environ.get("MNIST_DIST_REQUIRE_FASHION"):
             pytest.fail(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
         pytest.skip(f"needs Debian's dataset-fashion-mnist ({FASHION})")
-    # 2 processes x 50: the recipe's global batch of 100, 540 steps over the 54,000 training images.
+    # 2 processes x 50: the recipe's global batch of 100, 540 steps over the 54,000 training images,
+    # with Fashion-MNIST's augmentation (mirror images) and each image evaluated with its mirror image.
     args = ["--config", "configs/lenet.yaml", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "50"]
-    _, run_dir = train(*args, processes=2)
+    _, run_dir = train(*args, "--augment", "--eval-flip", processes=2)
     results = summary(run_dir)
     assert results["test_accuracy"] >= 0.80, results
+    # The saved model evaluates the mirror images too: load_model gives the trainer's test accuracy.
+    model, preprocess = load_model(run_dir)
+    test = load_dataset("fashion-mnist", str(data_dir), "", download=False).test
+    with torch.no_grad():
+        logits = torch.cat([model(preprocess(batch)) for batch in test.images.split(1000)])
+        single = torch.cat([torch.nn.Sequential.forward(model, preprocess(batch)) for batch in test.images.split(1000)])
+    correct = int((logits.argmax(1) == test.labels).sum())
+    assert abs(correct - round(results["test_accuracy"] * 10_000)) <= 2  # 2 threads here, 1 per process there
+    assert not torch.allclose(logits, single)  # not the single view's logits
 
 
 def test_dry_run_writes_nothing(train, tmp_path):

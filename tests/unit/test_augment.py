@@ -62,3 +62,15 @@ def test_ranks_loaders_and_batch_sizes_see_the_same_augmented_samples():
                     assert torch.equal(seen.setdefault(index, image), image), index
     assert len(seen) == 64
     assert sum(not torch.equal(seen[i], dataset.images[i]) for i in range(64)) > 40  # most images moved
+
+
+def test_only_the_sets_whose_classes_survive_a_mirror_are_flipped():
+    from mnist_dist.config import DATASETS, MIRRORED
+
+    assert [name for name in DATASETS if Augmenter(name, seed=0).flip] == list(MIRRORED)
+    fashion = Augmenter("fashion-mnist", seed=0)
+    images = torch.arange(64 * 28 * 28, dtype=torch.int64).view(64, 1, 28, 28) % 251
+    out = fashion(images.to(torch.uint8), torch.arange(64), epoch=0)
+    mirrored = sum(torch.equal(out[i], images[i].flip(2).to(torch.uint8)) for i in range(64))
+    kept = sum(torch.equal(out[i], images[i].to(torch.uint8)) for i in range(64))
+    assert mirrored + kept == 64 and 10 < mirrored < 54  # flipped or untouched: no shifts for clothing

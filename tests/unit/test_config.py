@@ -94,6 +94,8 @@ def test_saved_config_loads_back_equal(tmp_path):
         (["--data-file", "x.pkl.gz"], "--data-file is read by dataset mnist-pkl only, not digits"),
         (["--stop-signals", "USR3"], "unknown stop signal 'USR3'. Did you mean 'USR2'? Valid: USR1, USR2"),
         (["--stop-signals", ","], "stop_signals names no signal"),
+        (["--eval-flip"], "--eval-flip averages each image with its mirror image, which changes digits' classes"),
+        (["--dataset", "fashion-mnist", "--eval-flip"], "--eval-flip needs --augment: a model never trained on mirror"),
     ],
 )
 def test_invalid_flags_are_explained(argv, message):

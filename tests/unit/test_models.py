@@ -29,3 +29,19 @@ def test_classic_layer_sizes():
     cifar = [m.out_features for m in build_model("cifar-mlp", INFO["cifar10"]) if isinstance(m, torch.nn.Linear)]
     assert cifar == [1000, 500, 10]
     assert isinstance(build_model("mlp-sigmoid", mnist)[2], torch.nn.Sigmoid)
+
+
+def test_eval_flip_averages_each_image_with_its_mirror_and_keeps_the_weights_layout():
+    info = INFO["fashion-mnist"]
+    torch.manual_seed(0)
+    plain = build_model("cnn", info)
+    flipping = build_model("cnn", info, eval_flip=True)
+    assert list(flipping.state_dict()) == list(plain.state_dict())  # one weights file for both
+    flipping.load_state_dict(plain.state_dict())
+    images = torch.randn(5, info.channels, info.height, info.width)
+    plain.train(), flipping.train()
+    torch.testing.assert_close(flipping(images), plain(images))  # training sees single views
+    plain.eval(), flipping.eval()
+    mirrored = (plain(images) + plain(images.flip(3))) / 2
+    torch.testing.assert_close(flipping(images), mirrored)
+    assert not torch.allclose(mirrored, plain(images))  # the mirror view changes the logits
