@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one command: the `cuda` tests, then the throughput, overhead and time-to-accuracy
-# benchmarks on the GPU; figures in bench/results/gpu-*.json (and in $OUT, when set, for the device
+# The GPU check in one command: the `cuda` tests, then the throughput, overhead, time-to-accuracy and
+# records (configs/fashion-92.yaml and fashion-93.yaml, whole command) benchmarks on the GPU; figures in bench/results/gpu-*.json (and in $OUT, when set, for the device
 # tool). No network and no wandb needed; about 8 minutes at most on one GPU.
 #
 #   Here, once (Fashion-MNIST travels with the working tree; data/ is ignored by git):
@@ -19,7 +19,9 @@ status=0
 "$py" -m pytest -m cuda tests/integration/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$results/gpu-tests.log" || status=1
 timeout 150 "$py" bench/throughput.py --data-dir data --epochs 2 --out "$results/gpu-throughput.json" || status=1
 timeout 120 "$py" bench/overhead.py --data-dir data --rounds 10 --out "$results/gpu-overhead.json" || status=1
-timeout 150 "$py" bench/time_to_accuracy.py --data-dir data --repeats 1 --recipes "default (configs/cnn.yaml)" \
+timeout 120 "$py" bench/time_to_accuracy.py --data-dir data --repeats 1 --recipes "default (configs/cnn.yaml)" \
     --out "$results/gpu-time_to_accuracy.json" || status=1
+timeout 100 "$py" bench/records.py --data-dir data --seeds 2 --configs configs/fashion-92.yaml configs/fashion-93.yaml \
+    --out "$results/gpu-records.json" || status=1
 if [ -n "${OUT:-}" ]; then cp "$results"/gpu-* "$OUT"/; fi
 exit $status

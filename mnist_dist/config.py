@@ -90,8 +90,7 @@ class Config:
     augment: bool = option(
         False,
         "augment on the device: shifts up to 2 px (digit sets), flips (Fashion-MNIST), 4 px crop + flip (CIFAR-10); "
-        "each sample's draw "
-        "depends on (seed, epoch, sample) only, so any number of processes trains on the same images",
+        "each sample's draw depends on (seed, epoch, sample) only, so any number of processes sees the same images",
     )
     eval_flip: bool = option(
         False,
