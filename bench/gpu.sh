@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one command: the `cuda` tests, then the throughput, overhead, time-to-accuracy and
-# records (configs/fashion-92.yaml and fashion-93.yaml, whole command) benchmarks on the GPU; figures in bench/results/gpu-*.json (and in $OUT, when set, for the device
-# tool). No network and no wandb needed; about 8 minutes at most on one GPU.
+# records (configs/fashion-92.yaml and fashion-93.yaml, whole command) benchmarks on the GPU; figures
+# in bench/results/gpu-*.json (and in $OUT, when set, for the device tool). No network and no wandb
+# needed; about 8 minutes at most on one GPU.
 #
 #   Here, once (Fashion-MNIST travels with the working tree; data/ is ignored by git):
 #     mkdir -p data/FashionMNIST/raw && cp /usr/share/datasets/fashion-mnist/*.gz data/FashionMNIST/raw/
