@@ -112,8 +112,9 @@ class MirrorAveraged(nn.Sequential):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training:
             return super().forward(images)
-        logits = super().forward(torch.cat([images, images.flip(3)]))  # (2N, classes)
-        return (logits[: len(images)] + logits[len(images) :]) / 2
+        # chunk, not len(images): len() would fix torch.export's batch size to the example's
+        first, mirrored = super().forward(torch.cat([images, images.flip(3)])).chunk(2)  # (N, classes) each
+        return (first + mirrored) / 2
 
 
 MODELS: dict[str, Callable[[DatasetInfo], nn.Sequential]] = {

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from mnist_dist import load_model
 from mnist_dist.cli import load_yaml
 from mnist_dist.data.datasets import load_dataset
+from mnist_dist.load import export_program
+from mnist_dist.trained_run import load_run
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -102,7 +104,9 @@ def test_augmentation_is_the_same_whatever_the_processes_batches_or_loader(train
     assert_the_same_steps(train, "--augment", "--dataset", dataset, "--max-steps", "6", *data, atol=1e-4)
 
 
-def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluates_mirror_images(train, data_dir):
+def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluates_mirror_images(
+    train, data_dir, tmp_path
+):
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
         if os.environ.get("MNIST_DIST_REQUIRE_FASHION"):
             pytest.fail(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
@@ -122,6 +126,10 @@ def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluate
     correct = int((logits.argmax(1) == test.labels).sum())
     assert abs(correct - round(results["test_accuracy"] * 10_000)) <= 2  # 2 threads here, 1 per process there
     assert not torch.allclose(logits, single)  # not the single view's logits
+    # And so does the exported program, at any batch size (its example batch has 2 images).
+    export_program(load_run(str(run_dir)), tmp_path / "model.pt2")
+    program = torch.export.load(tmp_path / "model.pt2").module()
+    torch.testing.assert_close(program(test.images[:1000]), logits[:1000], rtol=1e-4, atol=1e-4)
 
 
 def test_dry_run_writes_nothing(train, tmp_path):
