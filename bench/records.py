@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import REPO, epoch_rows, machine, write_results  # noqa: E402
+from bench.runs import REPO, epoch_rows, machine, train_command, write_results  # noqa: E402
 
 # config -> (the accuracy it must reach, the seconds it must fit in); None: the best the project reaches
 RECIPES = {
@@ -37,7 +37,7 @@ def run_recipe(config: str, seed: int, data_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         run_dir = Path(folder) / "run"
         args = ["--config", config, "--seed", str(seed), "--data-dir", data_dir, "--run-dir", str(run_dir)]
-        command = [sys.executable, str(REPO / "train.py"), *args, "--wandb", "disabled"]
+        command = train_command([*args, "--wandb", "disabled"])
         started = time.perf_counter()
         process = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True)
         wall = time.perf_counter() - started
