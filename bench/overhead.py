@@ -28,8 +28,8 @@ from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.data.datasets import load_dataset  # noqa: E402
 from mnist_dist.distributed import build_accelerator  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
-from mnist_dist.optim import build_optimizer  # noqa: E402
-from mnist_dist.trainer import Trainer  # noqa: E402
+from mnist_dist.train.loop import Trainer  # noqa: E402
+from mnist_dist.train.optim import build_optimizer  # noqa: E402
 
 RECIPES = {  # the throughput benchmark's classic recipes, and the default cnn recipe
     "mlp": {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "none"},

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_dist.figures import read_metrics_log
+from mnist_dist.tracking.metrics_log import read_metrics_log
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

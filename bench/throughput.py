@@ -24,7 +24,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.runs import machine, run_train, write_results  # noqa: E402
 from mnist_dist.data.datasets import INFO  # noqa: E402
-from mnist_dist.data.files import prepare_torchvision_files  # noqa: E402
+from mnist_dist.data.formats import prepare_torchvision_files  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
 
 RECIPES = {  # the classic recipes, the same for all three loops

@@ -9,16 +9,16 @@ returns the exit code. Nothing heavy loads at the top: `--help` answers at once.
 
 from mnist_dist.cli import parse_command_line
 from mnist_dist.errors import STOPS, Interrupted, report_error
-from mnist_dist.evaluate_run import classify_files, evaluate_checkpoint, export_file, parse_args
+from mnist_dist.evaluate.command import classify_files, evaluate_checkpoint, export_file, parse_args
 
 
 def train(argv: list[str] | None = None) -> int:
     """Train one run, as `python train.py` and `mnist-dist-train` do."""
     try:
         config, sources = parse_command_line(argv)
-        from mnist_dist import run  # torch, torchvision and accelerate load only from here on
+        from mnist_dist.train import job  # torch, torchvision and accelerate load only from here on
 
-        run.train(config, sources)
+        job.train(config, sources)
     except STOPS as error:  # bad input, a stop signal, a diverged loss: one line, no traceback
         report_error(error)
         return error.exit_code

@@ -6,7 +6,7 @@ from pathlib import Path
 from mnist_dist.data import digits
 from mnist_dist.data.images import DatasetInfo, ImageSet
 from mnist_dist.data.pickles import read_mnist_pkl
-from mnist_dist.data.validation import split_validation
+from mnist_dist.data.val_split import split_validation
 from mnist_dist.errors import DatasetError
 
 FASHION_CLASSES = (
@@ -64,12 +64,12 @@ def load_dataset(name: str, data_dir: str, data_file: str, download: bool) -> Da
         return _as_data(name, digits.load_digits(root))
     if name == "mnist-pkl":
         return _as_data(name, read_mnist_pkl(Path(data_file)))
-    from mnist_dist.data import files  # imports torchvision (about 1 s), which digits runs do without
+    from mnist_dist.data import formats  # imports torchvision (about 1 s), which digits runs do without
 
-    tv_root = files.prepare_torchvision_files(name, root, download)
+    tv_root = formats.prepare_torchvision_files(name, root, download)
     arrays = (
-        *files.read_torchvision_split(name, tv_root, train=True),
-        *files.read_torchvision_split(name, tv_root, train=False),
+        *formats.read_torchvision_split(name, tv_root, train=True),
+        *formats.read_torchvision_split(name, tv_root, train=False),
     )
     return _as_data(name, arrays)
 

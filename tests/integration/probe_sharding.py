@@ -15,7 +15,7 @@ from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import ImageSet, Normalizer
 from mnist_dist.data.sharding import eval_shard, train_indices, train_sampler
 from mnist_dist.distributed import build_accelerator
-from mnist_dist.evaluation import evaluate
+from mnist_dist.evaluate.exact import evaluate
 from mnist_dist.models import build_model
 
 TRAIN_SIZE, TEST_SIZE, EVAL_BATCH = 1000, 1234, 100  # 13 eval batches, the last of 34 images

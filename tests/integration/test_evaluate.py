@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.user_images import mnist_field
-from mnist_dist.figures import DPI, SIZES
+from mnist_dist.evaluate.figures import DPI, SIZES
 from mnist_dist.models import build_model
 
 # Imported from its file: a package named `evaluate` (Hugging Face's) may be installed too.

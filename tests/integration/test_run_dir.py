@@ -8,7 +8,7 @@ import time
 
 from helpers import assert_clean_error, metrics_rows, run_script, start_script
 
-from mnist_dist.run_lock import LOCK_FILE
+from mnist_dist.checkpoint.run_lock import LOCK_FILE
 
 
 def lenet_args(data_dir, run_dir, *extra) -> list:

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from mnist_dist import load_model
 from mnist_dist.cli import load_yaml
 from mnist_dist.data.datasets import load_dataset
-from mnist_dist.load import export_program
-from mnist_dist.trained_run import load_run
+from mnist_dist.evaluate.load import export_program
+from mnist_dist.evaluate.trained_run import load_run
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

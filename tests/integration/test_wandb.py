@@ -16,7 +16,7 @@ from wandb_files import offline_runs  # noqa: E402
 
 from mnist_dist.cli import build_parser  # noqa: E402
 from mnist_dist.config import make_config  # noqa: E402
-from mnist_dist.wandb_session import STATE_FILE, wandb_names  # noqa: E402
+from mnist_dist.tracking.wandb_session import STATE_FILE, wandb_names  # noqa: E402
 
 SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
 # digits: 18,000 training images (2,000 held out for validation); 2 processes x 500 = 18 steps per epoch,
@@ -225,9 +225,9 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from mnist_dist.trained_run import load_run
-from mnist_dist.eval_report import build_metrics
-from mnist_dist.wandb_media import log_evaluation
+from mnist_dist.evaluate.trained_run import load_run
+from mnist_dist.evaluate.report import build_metrics
+from mnist_dist.tracking.wandb_media import log_evaluation
 
 run_dir, into = Path(sys.argv[1]), sys.argv[2]
 run = load_run(str(run_dir))

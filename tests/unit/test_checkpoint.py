@@ -7,8 +7,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from mnist_dist import checkpoint
-from mnist_dist.checkpoint import Checkpointer, TrainingState
+from mnist_dist.checkpoint import writer as checkpoint
+from mnist_dist.checkpoint.writer import Checkpointer, TrainingState
 from mnist_dist.config import make_config
 from mnist_dist.errors import UserError
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torchvision
 
-from mnist_dist.data import files
-from mnist_dist.data.files import prepare_torchvision_files, read_torchvision_split
+from mnist_dist.data import formats as files
+from mnist_dist.data.formats import prepare_torchvision_files, read_torchvision_split
 from mnist_dist.data.pickles import read_mnist_pkl
 from mnist_dist.errors import DatasetError
 

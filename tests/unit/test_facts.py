@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dist.facts import git_state
+from mnist_dist.tracking.facts import git_state
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from mnist_dist import eval_report
 from mnist_dist.data.images import DatasetInfo, ImageSet, Normalizer
 from mnist_dist.data.sharding import eval_shard
-from mnist_dist.evaluation import SplitPredictions, evaluate, predict_split
+from mnist_dist.evaluate import report as eval_report
+from mnist_dist.evaluate.exact import SplitPredictions, evaluate, predict_split
 
 # Nine samples, four classes; class 3 is never true and never predicted (its ratios divide by 0).
 LABELS = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mnist_dist.run_lock import STALE_SECONDS, RunInUse, RunLock, why_stale
+from mnist_dist.checkpoint.run_lock import STALE_SECONDS, RunInUse, RunLock, why_stale
 
 
 def test_a_holder_counts_as_gone_only_for_a_reason():

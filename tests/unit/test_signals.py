@@ -9,7 +9,7 @@ from helpers import REPO
 
 WAITER = """
 import sys, time
-from mnist_dist.signals import DEFAULT_STOP_SIGNALS, StopRequest
+from mnist_dist.train.signals import DEFAULT_STOP_SIGNALS, StopRequest
 names = tuple(sys.argv[1].split(",")) if len(sys.argv) > 1 else DEFAULT_STOP_SIGNALS
 with StopRequest(names) as stop:
     print("ready", flush=True)

@@ -1,4 +1,4 @@
-"""Sweep files expanded into points (mnist_dist/sweep_file.py): grid order, random draws that depend on
+"""Sweep files expanded into points (mnist_dist/sweep/spec.py): grid order, random draws that depend on
 the index alone, run_cap, and one clear error (exit 2) for each kind of bad sweep file."""
 
 import itertools
@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 
 from mnist_dist.config import make_config
-from mnist_dist.sweep_file import SweepError, read_sweep, train_flags
+from mnist_dist.sweep.spec import SweepError, read_sweep, train_flags
 
 RANDOM = """
 name: rnd
@@ -117,7 +117,7 @@ def test_the_command_line_prints_size_and_points_and_ends_bad_input_in_one_line(
 
 
 def test_summarize_reads_each_runs_status_metric_and_parameters_from_its_folder(tmp_path):
-    from mnist_dist.sweep_summary import plot, read_sweep_folder
+    from mnist_dist.sweep.status import plot, read_sweep_folder
 
     write(tmp_path, "name: s\nmethod: grid\nparameters:\n  lr: {values: [0.1, 0.2, 0.3, 0.4]}\n")
     for task, lr in enumerate((0.1, 0.2, 0.3, 0.4)):

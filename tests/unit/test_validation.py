@@ -5,7 +5,7 @@ import torch
 
 from mnist_dist.config import make_config
 from mnist_dist.data.images import ImageSet
-from mnist_dist.data.validation import MNIST_PKL_VALID, split_validation
+from mnist_dist.data.val_split import MNIST_PKL_VALID, split_validation
 from mnist_dist.errors import ConfigError
 
 

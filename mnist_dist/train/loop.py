@@ -19,23 +19,23 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.checkpoint import Checkpointer, TrainingState, save_final
+from mnist_dist.checkpoint.weights import cpu_weights
+from mnist_dist.checkpoint.writer import Checkpointer, TrainingState, save_final
 from mnist_dist.config import Config, stop_signal_names
-from mnist_dist.console import TrainingConsole
 from mnist_dist.data.datasets import Data
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.loaders import accumulation_groups, build_train_loader
 from mnist_dist.distributed import fail_together, wrap_for_training
 from mnist_dist.errors import Diverged, Preempted
-from mnist_dist.evaluation import EvalResult, EvalSplits
+from mnist_dist.evaluate.exact import EvalResult, EvalSplits
 from mnist_dist.models import build_model
-from mnist_dist.optim import build_optimizer, build_scheduler
-from mnist_dist.progress import ProgressReport
-from mnist_dist.selection import ModelSelection
-from mnist_dist.signals import StopRequest
-from mnist_dist.summary import EpochSums, epoch_row, final_results
-from mnist_dist.tracking import Tracker
-from mnist_dist.weights import cpu_weights
+from mnist_dist.tracking.console import TrainingConsole
+from mnist_dist.tracking.tracker import Tracker
+from mnist_dist.train.optim import build_optimizer, build_scheduler
+from mnist_dist.train.progress import ProgressReport
+from mnist_dist.train.results import EpochSums, epoch_row, final_results
+from mnist_dist.train.selection import ModelSelection
+from mnist_dist.train.signals import StopRequest
 
 # Optimizer steps between the ranks' checks for a stop signal and a non-finite loss. Each check
 # is one tiny all-reduce and a host sync, so not every step; at ~100 steps/s that is 0.1 s.

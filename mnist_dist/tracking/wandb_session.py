@@ -26,9 +26,9 @@ from urllib.parse import urlparse
 import torch
 
 from mnist_dist.atomic import WriteFailed, write_atomically
+from mnist_dist.checkpoint.layout import nearest
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.errors import first_line
-from mnist_dist.trained_run import nearest
 
 STATE_FILE = "wandb_run.json"
 INIT_TIMEOUT = 60  # seconds wandb.init may take online before we go offline instead

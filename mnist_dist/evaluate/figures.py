@@ -4,12 +4,13 @@ Each function takes the split's uint8 images (N, C, H, W) and the per-sample pre
 `evaluation.predict_split`, and writes one file of a fixed pixel size: `SIZES` inches x `DPI`.
 """
 
-import json
 from pathlib import Path
 
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from mnist_dist.tracking.metrics_log import read_metrics_log
 
 DPI = 100
 SIZES = {  # (width, height) in inches; at 100 dpi, 8 x 7 is an 800 x 700 PNG
@@ -130,21 +131,6 @@ def predictions_with_probabilities(images: torch.Tensor, predictions, class_name
         bars.set_title(f"true {class_names[true]}, predicted {class_names[predicted]}", fontsize=8)
     figure.suptitle("class probabilities (left: the first images; right: the least confident)")
     return save(figure, out_dir, "predictions.png")
-
-
-def read_metrics_log(path: Path) -> tuple[list[dict], list[dict]]:
-    """(step lines, epoch lines) of a metrics.jsonl; an epoch logged twice (a resumed run) keeps its last line."""
-    steps, epochs = [], {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-        if row.get("type") == "step":
-            steps.append(row)
-        elif row.get("type") == "epoch":
-            epochs[row["epoch"]] = row
-    return steps, [epochs[epoch] for epoch in sorted(epochs)]
 
 
 def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> Path:

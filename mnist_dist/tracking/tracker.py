@@ -12,8 +12,8 @@ from typing import Any
 
 from mnist_dist.atomic import WriteFailed, write_atomically, writing
 from mnist_dist.config import Config
-from mnist_dist.wandb_media import log_final_results
-from mnist_dist.wandb_session import WandbRun, wandb_mode, wandb_names
+from mnist_dist.tracking.wandb_media import log_final_results
+from mnist_dist.tracking.wandb_session import WandbRun, wandb_mode, wandb_names
 
 
 def drop_rows_after(path: Path, step: int) -> None:

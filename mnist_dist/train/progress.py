@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from mnist_dist.console import TrainingConsole
-from mnist_dist.tracking import Tracker
+from mnist_dist.tracking.console import TrainingConsole
+from mnist_dist.tracking.tracker import Tracker
 
 LINES_PER_EPOCH = 10
 

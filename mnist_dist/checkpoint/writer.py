@@ -27,13 +27,20 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from mnist_dist.atomic import WriteFailed, write_atomically, writing
-from mnist_dist.checkpoint_files import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
+from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
+from mnist_dist.checkpoint.reader import (
+    DamagedCheckpoint,
+    Loaded,
+    TrainingState,
+    apply_checkpoint,
+    read_checkpoint,
+    rng_states,
+)
+from mnist_dist.checkpoint.weights import model_metadata, weights_bytes
 from mnist_dist.config import Config
 from mnist_dist.data.images import DatasetInfo
 from mnist_dist.distributed import write_on_main
 from mnist_dist.errors import Diverged, UserError
-from mnist_dist.resume import DamagedCheckpoint, Loaded, TrainingState, apply_checkpoint, read_checkpoint, rng_states
-from mnist_dist.weights import model_metadata, weights_bytes
 
 
 def save_final(

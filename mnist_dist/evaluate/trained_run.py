@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mnist_dist.checkpoint_files import newest_checkpoint
+from mnist_dist.checkpoint.layout import nearest, newest_checkpoint
 from mnist_dist.cli import read_yaml_mapping
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
@@ -23,7 +23,6 @@ from mnist_dist.errors import UserError, first_line
 from mnist_dist.models import build_model
 
 WEIGHTS_FILE = "model.safetensors"
-SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
 
 
 class CheckpointError(UserError):
@@ -54,12 +53,6 @@ class TrainedRun:
     def metrics_log(self) -> Path | None:
         """The training run's metrics.jsonl, for the learning curves (None for a lone weights file)."""
         return nearest(self.weights_path, "metrics.jsonl")
-
-
-def nearest(weights_path: Path, name: str) -> Path | None:
-    """`name` in the weights' folder or the closest folder above it (a checkpoint sits inside its run)."""
-    folders = [weights_path.parent, *weights_path.parent.parents][:SEARCH_DEPTH]
-    return next((folder / name for folder in folders if (folder / name).is_file()), None)
 
 
 def load_run(checkpoint: str) -> TrainedRun:

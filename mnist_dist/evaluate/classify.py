@@ -12,8 +12,8 @@ import torch
 
 from mnist_dist.data.user_images import prepare
 from mnist_dist.errors import UserError
-from mnist_dist.load import ready_model
-from mnist_dist.trained_run import TrainedRun
+from mnist_dist.evaluate.load import ready_model
+from mnist_dist.evaluate.trained_run import TrainedRun
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 3  # classes printed per file

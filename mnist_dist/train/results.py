@@ -4,8 +4,8 @@ the final results (summary.json, W&B's summary, the console's closing table)."""
 import torch
 from accelerate import Accelerator
 
-from mnist_dist.evaluation import EvalResult
-from mnist_dist.resume import TrainingState
+from mnist_dist.checkpoint.reader import TrainingState
+from mnist_dist.evaluate.exact import EvalResult
 
 
 class EpochSums:

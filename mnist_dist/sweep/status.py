@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mnist_dist.atomic import replace_atomically
-from mnist_dist.checkpoint_files import newest_checkpoint
-from mnist_dist.run_lock import LOCK_FILE, STALE_SECONDS
-from mnist_dist.sweep_file import Sweep, SweepError, read_sweep
+from mnist_dist.checkpoint.layout import newest_checkpoint
+from mnist_dist.checkpoint.run_lock import LOCK_FILE, STALE_SECONDS
+from mnist_dist.sweep.spec import Sweep, SweepError, read_sweep
 
 SWEEP_FILE = "sweep.yaml"  # the sweep file's copy in the sweep folder
 

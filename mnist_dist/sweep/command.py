@@ -12,12 +12,11 @@ for its point in a fraction of a second.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from mnist_dist.cli import Parser  # one-line errors naming the command, as train.py's
 from mnist_dist.errors import UserError, report_error
-from mnist_dist.sweep_file import read_sweep, train_flags
+from mnist_dist.sweep.spec import read_sweep, train_flags
 
 
 def build_parser() -> Parser:
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
 def summarize(folder: Path, as_json: bool, plot_path: str | None) -> None:
     from rich.console import Console  # rich and matplotlib load only for the summary
 
-    from mnist_dist.sweep_summary import plot, read_sweep_folder, show_table
+    from mnist_dist.sweep.status import plot, read_sweep_folder, show_table
 
     sweep, rows = read_sweep_folder(folder)
     # The table's PNG goes beside it unless --plot says where; --json draws one only when asked.
@@ -75,7 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         report_error(error)
         return error.exit_code
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,8 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mnist_dist import figures
 from mnist_dist.atomic import writing
+from mnist_dist.evaluate import figures
 
 TOP_CONFUSED = 10  # confused pairs listed in the report
 

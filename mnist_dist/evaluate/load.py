@@ -20,7 +20,7 @@ from mnist_dist.atomic import write_atomically
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.user_images import pixels
 from mnist_dist.errors import UserError
-from mnist_dist.trained_run import TrainedRun, build_trained_model, load_run
+from mnist_dist.evaluate.trained_run import TrainedRun, build_trained_model, load_run
 
 
 @dataclass

@@ -11,13 +11,12 @@ into wandb goes through `WandbRun.attempt`, so a failure says one line and turns
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mnist_dist.config import Config
-from mnist_dist.evaluation import SplitPredictions
-from mnist_dist.wandb_session import (
+from mnist_dist.tracking.wandb_session import (
     STATE_FILE,
     WandbRun,
     find_state,
@@ -27,6 +26,9 @@ from mnist_dist.wandb_session import (
     run_arguments,
     wandb_mode,
 )
+
+if TYPE_CHECKING:  # a type only: tracking sits below evaluate (docs/ARCHITECTURE.md)
+    from mnist_dist.evaluate.exact import SplitPredictions
 
 PREDICTION_ROWS = 32  # test images in the predictions table: up to half mistakes, then the first ones
 EVALUATION_METRICS = ("accuracy", "loss", "macro_precision", "macro_recall", "macro_f1", "samples")
@@ -72,7 +74,7 @@ def figure_images(wandb, paths: list[Path], prefix: str) -> dict[str, Any]:
 
 
 def prediction_media(
-    wandb, predictions: SplitPredictions, images: torch.Tensor, class_names, title: str, prefix: str = ""
+    wandb, predictions: "SplitPredictions", images: torch.Tensor, class_names, title: str, prefix: str = ""
 ) -> dict[str, Any]:
     """The confusion matrix and predictions table of `predictions`, which cover the uint8 `images` (N, C, H, W)."""
     labels = predictions.labels
@@ -84,7 +86,7 @@ def prediction_media(
 
 def log_final_results(
     tracked: WandbRun,
-    predictions: SplitPredictions,
+    predictions: "SplitPredictions",
     images: torch.Tensor,
     class_names,
     model_path: Path,
@@ -151,7 +153,7 @@ def evaluation_run(
 
 
 def evaluation_row(
-    wandb, metrics: dict[str, Any], predictions: SplitPredictions, images: torch.Tensor, figures: list[Path]
+    wandb, metrics: dict[str, Any], predictions: "SplitPredictions", images: torch.Tensor, figures: list[Path]
 ) -> dict[str, Any]:
     """evaluate.py's report as one row under evaluate/<dataset>-<split>/: metrics, charts, figures."""
     prefix = f"evaluate/{metrics['dataset']}-{metrics['split']}"

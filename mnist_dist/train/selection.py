@@ -5,8 +5,8 @@ watches the same number. Without a validation split (--val-size 0) the run keeps
 
 import torch
 
-from mnist_dist.resume import TrainingState
-from mnist_dist.weights import cpu_weights
+from mnist_dist.checkpoint.reader import TrainingState
+from mnist_dist.checkpoint.weights import cpu_weights
 
 
 class ModelSelection:

@@ -1,4 +1,4 @@
-"""Evaluating a trained run, as mnist_dist/run.py trains one.
+"""Evaluating a trained run, as mnist_dist/train/job.py trains one.
 
 `parse_args` reads evaluate.py's flags. `evaluate_checkpoint` predicts every sample of the split on
 every rank (the same numbers for any world size); the main process prints the report, writes it
@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # names for the annotations only; importing them here would l
     from accelerate import Accelerator
 
     from mnist_dist.data.images import DatasetInfo, ImageSet
-    from mnist_dist.evaluation import SplitPredictions
-    from mnist_dist.trained_run import TrainedRun
+    from mnist_dist.evaluate.exact import SplitPredictions
+    from mnist_dist.evaluate.trained_run import TrainedRun
 
 DESCRIPTION = "Evaluate a trained run on a whole split, with a visual report; or classify your own image files."
 
@@ -87,16 +87,16 @@ def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
 
 def classify_files(args: argparse.Namespace) -> int:
     """`--predict`: the top classes of each image file; 0, or 2 when any file could not be classified."""
-    from mnist_dist.classify_images import classify
-    from mnist_dist.trained_run import load_run  # torch loads only from here on (accelerate never does)
+    from mnist_dist.evaluate.classify import classify
+    from mnist_dist.evaluate.trained_run import load_run  # torch loads only from here on (accelerate never does)
 
     return classify(load_run(args.checkpoint), args.predict, args.json)
 
 
 def export_file(args: argparse.Namespace) -> int:
     """`--export`: the model and its normalization as a torch.export program."""
-    from mnist_dist.load import export_program
-    from mnist_dist.trained_run import load_run  # torch loads only from here on
+    from mnist_dist.evaluate.load import export_program
+    from mnist_dist.evaluate.trained_run import load_run  # torch loads only from here on
 
     run = load_run(args.checkpoint)
     export_program(run, Path(args.export))
@@ -131,7 +131,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """Predict the whole split on every rank; the main process reports. Always ends the process group."""
     from mnist_dist.data.datasets import load_dataset_main_first
     from mnist_dist.distributed import build_accelerator, write_on_main
-    from mnist_dist.trained_run import build_trained_model, check_dataset_fits, load_run
+    from mnist_dist.evaluate.trained_run import build_trained_model, check_dataset_fits, load_run
 
     run = load_run(args.checkpoint)
     dataset = args.dataset or run.config.dataset
@@ -173,7 +173,7 @@ def predict_every_sample(
 
     from mnist_dist.data.images import Normalizer
     from mnist_dist.data.sharding import eval_shard
-    from mnist_dist.evaluation import predict_split
+    from mnist_dist.evaluate.exact import predict_split
 
     shard = eval_shard(split, config.eval_batch_size, accelerator.process_index, accelerator.num_processes, 0)
     if config.channels_last:  # the layout the trainer evaluated in, so the numbers match its own
@@ -198,8 +198,8 @@ def report(
 
     `into` and `mode` are --wandb-eval and --wandb (None: the training run's choice).
     """
-    from mnist_dist import eval_report
-    from mnist_dist.wandb_media import log_evaluation  # imports wandb only when logging
+    from mnist_dist.evaluate import report as eval_report
+    from mnist_dist.tracking.wandb_media import log_evaluation  # imports wandb only when logging
 
     metrics = eval_report.build_metrics(predictions, class_names, about)
     eval_report.print_report(metrics)

@@ -10,15 +10,15 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from mnist_dist.atomic import WriteFailed, write_atomically
+from mnist_dist.checkpoint.reader import PLANNED_SCHEDULES
+from mnist_dist.checkpoint.run_lock import RunInUse, RunLock
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
 from mnist_dist.distributed import build_accelerator, collective_timeout, fail_together, lost_peer, write_on_main
 from mnist_dist.errors import LostProcess, first_line
-from mnist_dist.facts import system_facts
-from mnist_dist.resume import PLANNED_SCHEDULES
-from mnist_dist.run_lock import RunInUse, RunLock
-from mnist_dist.trainer import Trainer
+from mnist_dist.tracking.facts import system_facts
+from mnist_dist.train.loop import Trainer
 
 
 def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:

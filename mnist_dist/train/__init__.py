@@ -1,0 +1,7 @@
+"""Training: one job from a parsed config (train/job.py: resolve, lock, build, fit, clean up), the
+Trainer loop, model selection on the validation split, progress reports, optimizers and schedules,
+stop signals, and the numbers an epoch and a run report.
+
+May import: everything below it (the foundation, `checkpoint`, `tracking`, `evaluate`). Only the
+commands and `sweep` import it. Nothing is imported here, so `--help` answers without torch.
+"""
