@@ -28,7 +28,7 @@ from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.data.datasets import load_dataset  # noqa: E402
 from mnist_dist.distributed import build_accelerator  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
-from mnist_dist.train.loop import Trainer  # noqa: E402
+from mnist_dist.train.build import build_trainer  # noqa: E402
 from mnist_dist.train.optim import build_optimizer  # noqa: E402
 
 RECIPES = {  # the throughput benchmark's classic recipes, and the default cnn recipe
@@ -74,8 +74,8 @@ def measure(model_name: str, rounds: int, data_dir: str, augment: bool = False) 
     )
     accelerator = build_accelerator(config)
     data = load_dataset(config.dataset, config.data_dir, config.data_file, download=True)
-    trainer = Trainer(config, accelerator, data, {}, {})
-    device, batch = trainer.device, config.batch_size
+    trainer = build_trainer(config, accelerator, data, {}, {})
+    device, batch = accelerator.device, config.batch_size
 
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.
     model = build_model(model_name, data.info).to(device, memory_format=trainer.memory_format).train()

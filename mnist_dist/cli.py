@@ -83,7 +83,7 @@ class OptionGroup(NamedTuple):
     names: tuple[str, ...]  # Config fields, in the order --help lists them
 
 
-# The topics of --help and of the README's reference (scripts/options_reference.py): each Config field
+# The topics of --help and of docs/OPTIONS.md (scripts/options_reference.py): each Config field
 # in exactly one of them (a unit test checks it). Config itself keeps config.yaml's order.
 OPTION_GROUPS = (
     OptionGroup(
@@ -154,7 +154,7 @@ OPTION_GROUPS = (
 )
 DESCRIPTION = (
     "Train an MNIST-family classifier on one or many processes. Each option is its default, else the value "
-    "of the model's recipe (README.md, Models and recipes), else the value in the --config file, else the flag "
+    "of the model's recipe (docs/TRAINING.md, Models and recipes), else the value in the --config file, else the flag "
     "given here."
 )
 

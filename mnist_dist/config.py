@@ -1,9 +1,11 @@
 """The one typed config: every option with its default, its `--help` text and its validation.
 
 Values come from defaults < YAML file (`--config`) < command-line flags (cli.py). A Config is
-valid once made and is not changed afterwards: run.py resolves the run's name and folder into a
-new one with `dataclasses.replace`, which validates again. This module imports no torch, so
-`--help` and config errors answer at once.
+valid once made and frozen: nothing changes it. Two stages of it exist, both immutable: the one
+parsed from the command line, and the job's resolved one, made once by `train.job.resolve` with
+`dataclasses.replace` (which validates again), whose run name and folder are filled in. Only the
+resolved one has a `run_path`. This module imports no torch, so `--help` and config errors answer
+at once.
 """
 
 import dataclasses
@@ -53,10 +55,10 @@ def option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     # Declared in config.yaml's order; --help lists them by topic instead (cli.OPTION_GROUPS).
-    dataset: str = option("digits", "dataset to train and evaluate on (README.md, Datasets)")
+    dataset: str = option("digits", "dataset to train and evaluate on (docs/TRAINING.md, Datasets)")
     data_dir: str = option("./data", "folder with dataset files in torchvision's layout; downloads go here")
     data_file: str = option("", "path to mnist.pkl.gz, read by dataset mnist-pkl only (default: none)")
     download: bool = option(True, "download missing dataset files (main process only; others wait)")
@@ -65,7 +67,7 @@ class Config:
         "training samples held out to choose the model on (early stopping, the kept weights): a fraction below 1 "
         "or a count, stratified by class and chosen by --seed; 0 holds out none (mnist-pkl: its own 10,000)",
     )
-    model: str = option("cnn", "model architecture (README.md, Models and recipes)")
+    model: str = option("cnn", "model architecture (docs/TRAINING.md, Models and recipes)")
     epochs: int = option(3, "passes over the training set")
     batch_size: int = option(
         256, "images per optimizer step per process (global batch = this x processes x grad accum)"
@@ -223,9 +225,11 @@ class Config:
 
     @property
     def run_path(self) -> Path:
-        """The run directory (run.py resolves `run_dir` before training: runs/<run name> by default)."""
+        """The run directory of a resolved config: `train.job.resolve` fills `run_dir` in, once, before
+        anything is written (runs/<run name> by default). A config straight from the command line
+        may have none yet, and asking it is a bug, not a user's mistake."""
         if not self.run_dir:  # not "", which Path reads as the current folder
-            raise ValueError("run_dir is resolved by run.resolve before a run uses it")
+            raise ValueError("run_path of an unresolved Config: use the one train.job.resolve returns")
         return Path(self.run_dir)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -40,14 +41,27 @@ def collective_timeout(config: Config, device_type: str) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds)
 
 
-# What gloo and NCCL say when a peer stops answering or goes away (RuntimeError or DistBackendError).
-LOST_PEER_MESSAGES = ("timeout", "timed out", "connection closed by peer", "connection reset by peer", "broken pipe")
+# How a lost peer shows, measured with torch 2.14 and real processes (a peer stopped past the timeout,
+# one that exited, one killed with SIGKILL). NCCL and the TCPStore raise torch's own types, all
+# torch.distributed.DistError: DistBackendError (NCCL's errors and watchdog), DistNetworkError (a
+# store connection lost), DistStoreError (a store wait timed out). Gloo raises none of them: a plain
+# RuntimeError, from wherever the result is waited on (backward, DDP's forward, c10d's collectives),
+# whose message its TCP transport signs with its own source path ("[.../gloo/transport/tcp/pair.cc:561]
+# Connection closed by peer", "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting
+# 3000ms for recv operation"); after a timeout the next collective says "Application timeout caused
+# pair closure". Only those two marks count: a RuntimeError of any other code that merely says "timed
+# out" is a bug, and keeps its traceback.
+GLOO_TRANSPORT_FAILURE = re.compile(r"gloo/transport/\w+/\w+\.cc:\d+\]|Application timeout caused pair closure")
 
 
 def lost_peer(error: BaseException) -> bool:
-    """Whether a failed collective means another process stopped responding or ended."""
-    message = str(error).lower()
-    return torch.distributed.is_initialized() and any(text in message for text in LOST_PEER_MESSAGES)
+    """Whether a failed collective means another process stopped responding or ended: torch's
+    distributed error types, or gloo's transport failing (which has no type of its own)."""
+    if not torch.distributed.is_initialized():
+        return False
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return type(error) is RuntimeError and GLOO_TRANSPORT_FAILURE.search(str(error)) is not None
 
 
 def join_restarted_group(backend: str, timeout: datetime.timedelta) -> None:
@@ -152,7 +166,10 @@ def gather_average_hook(process_group, bucket) -> torch.futures.Future[torch.Ten
     parts = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size(group))]
     gathered = torch.distributed.all_gather(parts, flat, group=group, async_op=True).get_future()
 
-    def average(_) -> torch.Tensor:
+    def average(done: torch.futures.Future) -> torch.Tensor:
+        # torch calls this on a failed gather too (a lost peer), and `parts` then holds uninitialised memory:
+        # without the wait, the step went on with it (seen with torch 2.14 and a peer that had exited).
+        done.wait()  # raises the gather's error
         flat.copy_(parts[0])
         for part in parts[1:]:
             flat.add_(part)

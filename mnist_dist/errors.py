@@ -9,13 +9,23 @@ traceback) and exit with the class's exit code:
     5  another process stopped responding or ended; the last complete checkpoint is kept (LostProcess)
   130  a second Ctrl-C, or Ctrl-C before or after the training loop: no new checkpoint (Interrupted)
 
-Also the two helpers every such message uses: `first_line` and `did_you_mean`.
+Also the two helpers every such message uses, `first_line` and `did_you_mean`; how the message
+reaches the user once per job (`report_error`); and where the full traceback of an unexpected error
+goes (`write_error_log`).
 """
 
+import datetime
 import difflib
+import fcntl
 import os
+import socket
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
 
 
 class UserError(Exception):
@@ -57,6 +67,7 @@ class Interrupted(Exception):
 
 
 STOPS = (UserError, Preempted, Diverged, LostProcess)
+SAME_ON_EVERY_RANK = (ConfigError, Preempted, Diverged, Interrupted)  # what every rank of a job meets alike
 
 
 def first_line(error: BaseException) -> str:
@@ -72,13 +83,121 @@ def did_you_mean(value: str, choices: Iterable[str], quote: str = "'") -> str:
 
 
 def report_error(error: Exception) -> None:
-    """Print the one-line message. Config errors, stop signals and a diverged loss happen on every
-    rank alike, so rank 0 says them once; other errors (a file missing on one node) can be one
-    rank's own, so each rank says its own, naming itself."""
+    """Print the one-line message. Config errors, stop signals, a diverged loss and what the ranks
+    agreed on (same_on_every_rank) happen on every rank alike: they are said once (say_once). Other
+    errors (a file missing on one node) can be one rank's own, so each rank says its own, a rank
+    other than 0 naming itself."""
     rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
+    if isinstance(error, SAME_ON_EVERY_RANK) or getattr(error, "same_on_every_rank", False):
+        say_once(f"error: {error}")
+    elif rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
-    elif not isinstance(error, (ConfigError, Preempted, Diverged, Interrupted)) and not getattr(
-        error, "same_on_every_rank", False
-    ):
+    else:
         print(f"error: rank {rank}: {error}", file=sys.stderr, flush=True)
+
+
+# A rank holds the marker's lock for one print. One held longer is stopped (SIGSTOP, swapped out):
+# the others then say the line themselves.
+LOCK_WAIT_SECONDS = 5.0
+
+
+def say_once(line: str) -> None:
+    """Print `line` to stderr unless another rank of this launcher has printed it: the first rank to
+    get here says it, whichever that is.
+
+    Not "rank 0 says it": a launcher ends the other ranks as soon as one exits with an error
+    (torchrun and accelerate launch send SIGTERM, srun --kill-on-bad-exit kills the step), so a rank
+    0 slower than rank 1 (cold imports on a loaded node) was ended before it printed, and the user
+    saw no `error:` line at all (issue 26). Here a rank exits only after the line is on stderr, by
+    itself or by another, and a launcher acts only on an exit: the line is out before anyone is
+    ended. The ranks share a marker file (launcher_marker) under an exclusive lock: read it, print
+    unless it holds the line, add the line (a torchrun restart may meet another line). A rank ended
+    between its print and its mark leaves the lock free and the line unmarked, so the next one says
+    it again: twice at worst, never not at all.
+    """
+    marker = launcher_marker()
+    try:
+        file = open(marker, "a+") if marker else None  # created if missing, never truncated
+    except OSError:
+        file = None
+    if file is None:  # one process, or nothing to share: say it
+        print(line, file=sys.stderr, flush=True)
+        return
+    with file:  # closing releases the lock
+        lock_within(file, LOCK_WAIT_SECONDS)
+        file.seek(0)
+        if line in file.read().split("\0"):  # lines said so far, each ended by a NUL (a line may hold newlines)
+            return
+        print(line, file=sys.stderr, flush=True)
+        file.write(line + "\0")
+        file.flush()
+
+
+def lock_within(file: IO, seconds: float) -> None:
+    """Take `file`'s exclusive lock, waiting at most `seconds`; past them, go on without it."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def launcher_marker() -> Path | None:
+    """The file the ranks of one launcher process share: None for a single process.
+
+    Every launcher starts its ranks on a node as its own children: torchrun's agent, accelerate
+    launch, srun's slurmstepd (the ranks exec Python). Those ranks share its terminal, so the file
+    is keyed by that parent: boot, pid and start time name it uniquely, and a marker left by an
+    earlier job can never silence a later one. Without /proc (not Linux) there is no such key and
+    every rank says the line: twice beats never. srun on several nodes prints once per node, since
+    nodes share no folder before the run's own exists.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    launcher = os.getppid()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        # Field 22 of stat, the start time in clock ticks after boot; counted after the name, which may hold spaces.
+        started = Path(f"/proc/{launcher}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        folder = Path(tempfile.gettempdir()) / f"mnist-dist-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.is_symlink() or folder.stat().st_uid != os.getuid():  # another user's: not ours to trust
+            return None
+    except (OSError, IndexError):
+        return None
+    forget_old_markers(folder)
+    return folder / f"error-said-{boot}-{launcher}-{started}"
+
+
+MARKER_DAYS = 1  # a marker matters only while its job's ranks are ending: seconds; a day is ample
+
+
+def forget_old_markers(folder: Path) -> None:
+    """Delete markers of jobs that ended long ago, so that the folder does not grow with every failed job."""
+    oldest = time.time() - MARKER_DAYS * 86400
+    for marker in folder.glob("error-said-*"):
+        try:
+            if marker.stat().st_mtime < oldest:
+                marker.unlink()
+        except OSError:  # another rank deleted it first
+            pass
+
+
+def write_error_log(run_dir: Path, rank: int, error: BaseException) -> Path | None:
+    """Write the full traceback of an unexpected `error` (with its causes) to run_dir/error-rank-<rank>.log,
+    atomically, so that a one-line message never costs the evidence; its path, or None when it cannot
+    be written. Raises nothing of its own: it runs while `error` is already on its way out."""
+    from mnist_dist.atomic import write_atomically  # here, not at the top: atomic.py imports this module
+
+    path = Path(run_dir) / f"error-rank-{rank}.log"
+    when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    header = f"{when} rank {rank}, process {os.getpid()} on {socket.gethostname()}\n"
+    try:  # into the run's folder only where it exists: no folder is made for a run that never started
+        write_atomically(path, header + "".join(traceback.format_exception(error)))
+    except Exception:  # any failure to write: the one-line message still says what happened
+        return None
+    return path

@@ -5,6 +5,16 @@ from pathlib import Path
 import pytest
 from helpers import train_into
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration `slow` (pytest.ini): they start real processes, most of
+    them train, and they take the suite's minutes. `-m "not slow"` runs the unit tests, in seconds."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:

@@ -11,14 +11,36 @@ import re
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+# The short finished run of the `lenet_five_steps` fixture (tests/integration/conftest.py), shared by
+# the tests that only need one: lenet's recipe (a constant lr, so --schedule none changes nothing).
+LENET_FIVE_STEPS = ["--model", "lenet", "--max-steps", "5", "--schedule", "none"]
+
+
+# The run of the `offline_short_run` fixture (tests/integration/conftest.py): linear on digits, 3 steps,
+# W&B offline (its files in the run dir).
+OFFLINE_SHORT = ["--model", "linear", "--dataset", "digits", "--max-steps", "3", "--batch-size", "500"]
+OFFLINE_SHORT += ["--wandb", "offline"]
+
+
+def skip_unless_required(reason: str, variable: str) -> None:
+    """Skip with `reason`, unless CI asked for the test by setting `variable` to 1 (.ci/run sets
+    MNIST_DIST_REQUIRE_FASHION, _SLURM and _TMPFS): then fail, so that CI never passes by skipping."""
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{reason} ({variable}=1)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -128,6 +150,22 @@ def start_script(
     return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `path` exists; fails if `process` (a background run) ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
+
+
+def workers(process: subprocess.Popen) -> list[psutil.Process]:
+    """The training processes of a background run: the launcher itself for 1 process, torchrun's children
+    otherwise."""
+    children = [p for p in psutil.Process(process.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+    return children or [psutil.Process(process.pid)]
+
+
 def train_into(
     run_dir,
     data_dir,
@@ -143,6 +181,22 @@ def train_into(
     if check and result.returncode != 0:
         pytest.fail(f"train.py exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def made_once(tmp_path_factory, make: Callable[[Path, int], object]) -> Callable[[int], Path]:
+    """For a module- or session-scoped fixture of trained runs that tests share: the returned function
+    gives the run dir of `make(run_dir, processes)`, made the first time a test asks for that number of
+    processes (so a test run with -k makes only what it needs). A test that changes the run copies it."""
+    runs: dict[int, Path] = {}
+
+    def run_dir_of(processes: int) -> Path:
+        if processes not in runs:
+            run_dir = tmp_path_factory.mktemp(f"shared-{processes}-processes") / "run"
+            make(run_dir, processes)
+            runs[processes] = run_dir
+        return runs[processes]
+
+    return run_dir_of
 
 
 def summary(run_dir: Path) -> dict:

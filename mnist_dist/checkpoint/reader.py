@@ -1,22 +1,26 @@
-"""What a checkpoint restores, and the loading that checks it fits this run before restoring it.
+"""Resuming: which checkpoints --resume may continue from, reading one and checking that it fits
+this run, then restoring it; under --resume auto a damaged one is skipped for the one before it.
 
 A checkpoint holds the `TrainingState` (state.json: JSON, so anyone can read it), the weights
 (safetensors: loading runs no code), the optimizer, schedule and grad-scaler states and each
 rank's RNG states and epoch sums (torch.load with weights_only=True: a crafted pickle is refused).
+checkpoint/writer.py writes them.
 """
 
 import json
 import pickle
-import random
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, newest_checkpoint
+from mnist_dist.checkpoint.state import COUNTERS, TrainingState, set_rng_states
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError, first_line
 
@@ -25,47 +29,12 @@ MUST_MATCH = ("model", "dataset", "val_size", "batch_size", "grad_accum_steps", 
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
 DELETE_IT = "delete that checkpoint or pass --resume none."
-NOT_NEGATIVE = ("step", "epoch", "batches_done", "epochs_since_best", "evaluated_step")
 
 
 class DamagedCheckpoint(UserError):
     """A checkpoint whose files are missing, cut short, or hold what this program never writes."""
 
-    same_on_every_rank = True  # the ranks agree on it before anyone says it (Checkpointer.resume)
-
-
-@dataclass
-class TrainingState:
-    """Where training stands. JSON, so anyone can read it."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # the epoch in progress (or the next to start)
-    batches_done: int = 0  # batches of `epoch` already trained, on each rank
-    best_accuracy: float = -1.0
-    best_step: int = -1
-    epochs_since_best: int = 0
-    evaluated_step: int = 0  # the step of the last epoch's end (evaluation, epoch row, model selection)
-    world_size: int = 1
-    wandb_run_id: str | None = None
-
-
-def rng_states() -> dict:
-    numpy_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    same_on_every_rank = True  # the ranks agree on it before anyone says it (reader.resume)
 
 
 def load_data(path: Path) -> dict:
@@ -92,7 +61,7 @@ def state_from_json(saved: dict) -> TrainingState:
         kinds = (int, float) if field.type is float else field.type  # an int is a float too (best_accuracy 1)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise TypeError(f"{field.name} is {value!r}, not {field.type}")
-        if field.name in NOT_NEGATIVE and value < 0 or field.name == "world_size" and value < 1:
+        if field.name in COUNTERS and value < 0 or field.name == "world_size" and value < 1:
             raise ValueError(f"{field.name} is {value}")
         values[field.name] = value
     return TrainingState(**values)
@@ -189,3 +158,47 @@ def apply_checkpoint(loaded: Loaded, module: torch.nn.Module, optimizer, schedul
             f"checkpoint {loaded.path} holds unexpected training state ({type(error).__name__}: "
             f"{first_line(error)}); {DELETE_IT}"
         ) from None
+
+
+def candidates(config: Config) -> list[Path]:
+    """What --resume may continue from, the preferred first: auto, every complete checkpoint of the run
+    folder, newest first; a run folder, its newest; a checkpoint folder, itself; none, nothing."""
+    if config.resume == "none":
+        return []
+    if config.resume == "auto":
+        return complete_checkpoints(config.run_path / "checkpoints")[::-1]
+    path = Path(config.resume)
+    newest = newest_checkpoint(path)  # a run dir: its newest checkpoint
+    if newest is not None:
+        return [newest]
+    if not (path / COMPLETE).is_file():
+        raise UserError(
+            f"--resume {config.resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
+            "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder."
+        )
+    return [path]
+
+
+def resume(
+    config: Config, accelerator: Accelerator, module: torch.nn.Module, optimizer, scheduler, say: Callable[[str], None]
+) -> Loaded | None:
+    """Restore the newest checkpoint that every rank can read into `module` (the bare model), `optimizer`
+    and `scheduler` and return what it held; None when there is none (or a dry run, which reads none).
+    --resume auto skips a damaged one with a warning through `say`, leaving it on disk; a named one must load."""
+    strict = config.resume != "auto"
+    for path in candidates(config) if config.writes_files else []:
+        loaded, failure = None, None
+        try:
+            loaded = read_checkpoint(path, config, accelerator)
+        except DamagedCheckpoint as error:
+            failure = str(error)
+        failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
+        if failures and strict:
+            accelerator.wait_for_everyone()  # all ranks leave together (see distributed.fail_together)
+            raise DamagedCheckpoint(failures[0])
+        if failures:
+            say(f"warning: skipping checkpoint {path}: {failures[0]}")
+            continue
+        apply_checkpoint(loaded, module, optimizer, scheduler, accelerator)
+        return loaded
+    return None

@@ -1,4 +1,5 @@
-"""Checkpoints that resume exactly: written atomically, loaded without running any code.
+"""Writing checkpoints that resume exactly: when one is due, each rank's part, the whole published at
+once, the old ones pruned. checkpoint/reader.py finds and loads them, running no code.
 
     runs/<name>/checkpoints/
         step-000120/            one complete checkpoint
@@ -19,50 +20,22 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from torch.optim.lr_scheduler import LRScheduler
 
 from mnist_dist.atomic import WriteFailed, write_atomically, writing
-from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, newest_checkpoint, step_of
-from mnist_dist.checkpoint.reader import (
-    DamagedCheckpoint,
-    Loaded,
-    TrainingState,
-    apply_checkpoint,
-    read_checkpoint,
-    rng_states,
-)
+from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, step_of
+from mnist_dist.checkpoint.state import TrainingState, rng_states
 from mnist_dist.checkpoint.weights import model_metadata, weights_bytes
 from mnist_dist.config import Config
 from mnist_dist.data.images import DatasetInfo
 from mnist_dist.distributed import write_on_main
-from mnist_dist.errors import Diverged, UserError
-
-
-def save_final(
-    accelerator: Accelerator, config: Config, info: DatasetInfo, results: dict, kept: dict, last: dict
-) -> None:
-    """The run's own files at its end (main process): model.safetensors (the `kept` weights, with the
-    accuracies they reached), last.safetensors (the `last` weights), then summary.json (`results`),
-    each atomic. A failed write ends every rank together; the same command then resumes from the last
-    checkpoint."""
-    if not config.writes_files:  # the same on every rank: no collective
-        return
-    commit = results.get("git_commit", "")
-    reached = {"val": results.get("val_accuracy"), "test": results["test_accuracy"]}
-
-    def write_all() -> None:
-        kept_metadata = model_metadata(config, info, results["kept_step"], accuracies=reached, git_commit=commit)
-        write_atomically(config.run_path / "model.safetensors", weights_bytes(kept, kept_metadata))
-        last_metadata = model_metadata(config, info, results["steps"], git_commit=commit)
-        write_atomically(config.run_path / "last.safetensors", weights_bytes(last, last_metadata))
-        write_atomically(config.run_path / "summary.json", json.dumps(results, indent=2) + "\n")
-
-    write_on_main(accelerator, write_all)
+from mnist_dist.errors import Diverged
 
 
 def torch_bytes(value) -> bytes:
@@ -72,61 +45,82 @@ def torch_bytes(value) -> bytes:
     return buffer.getvalue()
 
 
-class Checkpointer:
-    """Decides when to save, saves in a coordinated way across ranks, and finds and loads what to resume.
+@dataclass
+class Contents:
+    """What a checkpoint holds: the trainer's own objects, read at each save."""
 
-    The trainer `attach`es what a checkpoint holds, asks `due(step, last_of_epoch)` after every
-    optimizer step and `due(step, epoch_end=True)` after each epoch's evaluation, checks the run's
-    health, and then calls `save_now()`.
+    state: TrainingState
+    module: torch.nn.Module  # the bare model, not DDP- or compile-wrapped: its keys have no "module." prefix
+    optimizer: torch.optim.Optimizer  # the one whose state is saved (Accelerate's wrapper, where it made one)
+    scheduler: LRScheduler
+    rank_state: Callable[[], dict]  # this rank's own state at the time of saving (its epoch sums)
+    best: Callable[[], dict | None]  # the weights of the best validation accuracy so far, or None
+
+
+class CheckpointWriter:
+    """Decides when to save, and saves: every rank writes its part, then the main process publishes
+    the checkpoint whole and prunes the old ones.
+
+    The trainer calls `save_if_due` after every optimizer step and after each epoch's evaluation; the
+    ranks' agreement to stop on a signal calls `save`. A dry run writes no checkpoint.
     """
 
-    def __init__(self, config: Config, accelerator: Accelerator, run_dir: Path | None, info: DatasetInfo | None = None):
+    def __init__(
+        self,
+        config: Config,
+        accelerator: Accelerator,
+        info: DatasetInfo,
+        contents: Contents,
+        agree: Callable[[int], None],
+    ):
         self.config = config
         self.accelerator = accelerator
         self.info = info  # the dataset's facts, for the weights' metadata (weights.py)
-        self.enabled = config.writes_files and run_dir is not None  # a dry run writes no checkpoint, finds none
-        self.folder = run_dir / "checkpoints" if self.enabled else None
-        self.contents: Callable[[], tuple] | None = None
-
-    def attach(self, module: torch.nn.Module, optimizer, scheduler, state: TrainingState, rank_state, best) -> None:
-        """What `save_now` writes: the bare model (not DDP- or compile-wrapped), its optimizer and
-        schedule, the training state, `rank_state()`, this rank's own state at the time of saving, and
-        `best()`, the weights of the best validation accuracy so far (or None)."""
-        self.contents = lambda: (state, module, optimizer, scheduler, rank_state(), best())
+        self.contents = contents
+        # Called with the step before each save that is due: the ranks agree that no loss became NaN
+        # and no metrics row was lost, so that no checkpoint holds a diverged run or misses a row.
+        self.agree = agree
+        self.folder = config.run_path / "checkpoints" if config.writes_files else None
 
     def due(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> bool:
         """After a step: every `checkpoint_every` steps, except an epoch's last step when the epoch's end
         saves it (`checkpoint_epochs`), so no step is saved twice. At an epoch's end (after its
-        evaluation): with `checkpoint_epochs`."""
+        evaluation): with `checkpoint_epochs`. Never in a dry run."""
+        if self.folder is None:
+            return False
         if epoch_end:
-            return self.enabled and self.config.checkpoint_epochs
+            return self.config.checkpoint_epochs
         every = self.config.checkpoint_every
-        by_steps = every > 0 and step % every == 0
-        return self.enabled and by_steps and not (last_of_epoch and self.config.checkpoint_epochs)
+        return every > 0 and step % every == 0 and not (last_of_epoch and self.config.checkpoint_epochs)
 
-    def save_now(self) -> Path:
-        """Save what the trainer attached, due or not (a stop signal asks for it)."""
-        return self.save(*self.contents())
+    def save_if_due(self, step: int, last_of_epoch: bool = False, epoch_end: bool = False) -> Path | None:
+        """Save when `due`, after the ranks' agreement; returns the new checkpoint's folder, or None."""
+        if not self.due(step, last_of_epoch, epoch_end):
+            return None
+        self.agree(step)
+        return self.save()
 
-    def save(
-        self, state: TrainingState, module: torch.nn.Module, optimizer, scheduler, rank_state: dict, best: dict | None
-    ) -> Path:
-        """Every rank calls this at the same step. Returns the new checkpoint's folder.
+    def save(self) -> Path | None:
+        """Save now, due or not (a stop signal asks for it); every rank calls this at the same step.
+        Returns the new checkpoint's folder, or None in a dry run.
 
         Each rank writes its part into a hidden `.partial-step-N` folder; only when every rank
         succeeded does the main process mark it COMPLETE and rename it into place.
         """
+        if self.folder is None:
+            return None
+        contents, step = self.contents, self.contents.state.step
         # Ranks hold identical weights, so each reaches the same verdict without a collective.
-        if not torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all():  # one host sync
+        if not torch.stack([torch.isfinite(p).all() for p in contents.module.parameters()]).all():  # one host sync
             raise Diverged(
-                f"the weights became NaN or infinite by step {state.step}; "
+                f"the weights became NaN or infinite by step {step}; "
                 "no checkpoint was written for it. Lower --lr, or set --max-grad-norm."
             )
-        final = self.folder / f"step-{state.step:06d}"
-        partial = self.folder / f".partial-step-{state.step:06d}"
+        final = self.folder / f"step-{step:06d}"
+        partial = self.folder / f".partial-step-{step:06d}"
         failure = self._make_partial(partial)
         if failure is None:
-            failure = self._write_parts(partial, state, module, optimizer, scheduler, rank_state, best)
+            failure = self._write_parts(partial, contents.rank_state(), contents.best())
         failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
         if failures:
             if self.accelerator.is_main_process:
@@ -136,7 +130,7 @@ class Checkpointer:
                 f"writing checkpoint {final} failed ({failures[0]}); the previous checkpoints are intact. "
                 "Free space or fix permissions under --run-dir, then run the same command again to resume."
             )
-        write_on_main(self.accelerator, lambda: self._publish(partial, final, keep_best=state.best_step))
+        write_on_main(self.accelerator, lambda: self._publish(partial, final, keep_best=contents.state.best_step))
         return final
 
     def _make_partial(self, partial: Path) -> str | None:
@@ -154,29 +148,38 @@ class Checkpointer:
             failure = f"{partial} is not visible on rank {rank}: the run directory must be shared by all nodes"
         return failure
 
-    def _write_parts(self, partial: Path, state, module, optimizer, scheduler, rank_state, best) -> str | None:
+    def _write_parts(self, partial: Path, rank_state: dict, best: dict | None) -> str | None:
         """This rank's file, and on the main process the shared ones. Returns a failure or None."""
-        accelerator = self.accelerator
+        accelerator, state = self.accelerator, self.contents.state
         files = {f"rank-{accelerator.process_index}.pt": lambda: torch_bytes({**rank_state, "rng": rng_states()})}
         if accelerator.is_main_process:
-            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
-            training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler}
-            state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
-            metadata = model_metadata(self.config, self.info, state.step)
-            files |= {
-                "model.safetensors": lambda: weights_bytes(module.state_dict(), metadata),
-                "training.pt": lambda: torch_bytes(training),
-                "state.json": lambda: state_json.encode(),
-            }
-            if best is not None:
-                best_metadata = model_metadata(self.config, self.info, state.best_step)
-                files["best.safetensors"] = lambda: weights_bytes(best, best_metadata)
+            files |= self._shared_files(state, best)
         for name, content in files.items():
             try:
                 (partial / name).write_bytes(content())
             except OSError as error:
                 return f"{name}: {error.strerror or error}"
         return None
+
+    def _shared_files(self, state: TrainingState, best: dict | None) -> dict[str, Callable[[], bytes]]:
+        """The main process's files, each made only when written: weights, training states, state.json."""
+        contents, scaler = self.contents, self.accelerator.scaler
+        training = {
+            "optimizer": contents.optimizer.state_dict(),
+            "scheduler": contents.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+        }
+        state_json = json.dumps({**asdict(state), "config": self.config.to_dict()}, indent=2)
+        metadata = model_metadata(self.config, self.info, state.step)
+        files = {
+            "model.safetensors": lambda: weights_bytes(contents.module.state_dict(), metadata),
+            "training.pt": lambda: torch_bytes(training),
+            "state.json": lambda: state_json.encode(),
+        }
+        if best is not None:
+            best_metadata = model_metadata(self.config, self.info, state.best_step)
+            files["best.safetensors"] = lambda: weights_bytes(best, best_metadata)
+        return files
 
     def _publish(self, partial: Path, final: Path, keep_best: int) -> None:
         """Main process: mark the checkpoint complete, move it into place at once, prune the old ones."""
@@ -189,7 +192,7 @@ class Checkpointer:
 
     def _prune(self, keep_best: int) -> None:
         """Delete all but the newest `keep_checkpoints` complete checkpoints and the best one."""
-        complete = self.complete_checkpoints()
+        complete = complete_checkpoints(self.folder)
         keep = set(complete[-self.config.keep_checkpoints :])
         keep |= {path for path in complete if step_of(path) == keep_best}
         for path in complete:
@@ -198,61 +201,7 @@ class Checkpointer:
         for path in self.folder.glob(".partial-step-*"):  # left by saves that crashed
             shutil.rmtree(path, ignore_errors=True)
 
-    def complete_checkpoints(self) -> list[Path]:
-        return complete_checkpoints(self.folder)
-
     def what_is_kept(self, sentence: str) -> str:
         """`sentence` with the newest complete checkpoint in it, for a run that stops; or that there is none."""
-        complete = self.complete_checkpoints()
+        complete = complete_checkpoints(self.folder)
         return sentence.format(complete[-1]) if complete else "no checkpoint was written"
-
-    def find(self, resume: str) -> Path | None:
-        """auto: the newest complete checkpoint of the run dir (or none); none; or a checkpoint folder."""
-        candidates = self.candidates(resume)
-        return candidates[0] if candidates else None
-
-    def candidates(self, resume: str) -> list[Path]:
-        """What --resume may continue from, the preferred first: auto, every complete checkpoint, newest
-        first; a path, the checkpoint it names; none, nothing."""
-        if resume == "none":
-            return []
-        if resume == "auto":
-            return self.complete_checkpoints()[::-1]
-        path = Path(resume)
-        newest = newest_checkpoint(path)  # a run dir: its newest checkpoint
-        if newest is not None:
-            return [newest]
-        if not (path / COMPLETE).is_file():
-            raise UserError(
-                f"--resume {resume}: no complete checkpoint there (a folder such as runs/NAME/checkpoints/"
-                "step-000120 holding a COMPLETE file). Pass auto, none, or such a folder."
-            )
-        return [path]
-
-    def resume(self, module: torch.nn.Module, optimizer, scheduler, say) -> Loaded | None:
-        """Load the newest checkpoint that every rank can read (--resume auto skips a damaged one with a
-        warning, leaving it on disk; a named one must load). Returns what it read (with its path, state,
-        this rank's state and the best weights so far)."""
-        strict = self.config.resume != "auto"
-        for path in self.candidates(self.config.resume) if self.enabled else []:
-            loaded, failure = None, None
-            try:
-                loaded = read_checkpoint(path, self.config, self.accelerator)
-            except DamagedCheckpoint as error:
-                failure = str(error)
-            failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
-            if failures and strict:
-                self.accelerator.wait_for_everyone()  # all ranks leave together (see run.lock_run_dir)
-                raise DamagedCheckpoint(failures[0])
-            if failures:
-                say(f"warning: skipping checkpoint {path}: {failures[0]}")
-                continue
-            apply_checkpoint(loaded, module, optimizer, scheduler, self.accelerator)
-            return loaded
-        return None
-
-    def load(self, path: Path, module: torch.nn.Module, optimizer, scheduler) -> tuple[TrainingState, dict]:
-        """Restore everything saved at `path`; returns the training state and this rank's saved state."""
-        loaded = read_checkpoint(path, self.config, self.accelerator)
-        apply_checkpoint(loaded, module, optimizer, scheduler, self.accelerator)
-        return loaded.state, loaded.rank_state

@@ -12,8 +12,7 @@ import torch
 
 from mnist_dist.data.user_images import prepare
 from mnist_dist.errors import UserError
-from mnist_dist.evaluate.load import ready_model
-from mnist_dist.evaluate.trained_run import TrainedRun
+from mnist_dist.evaluate.trained_model import TrainedModel
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 3  # classes printed per file
@@ -32,10 +31,9 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 @torch.inference_mode()
-def classify(run: TrainedRun, paths: list[str], as_json: bool) -> int:
+def classify(trained: TrainedModel, paths: list[str], as_json: bool) -> int:
     """Print the top classes of every file; return 0, or 2 when any file could not be classified."""
-    model, preprocess = ready_model(run)
-    info = run.info
+    model, preprocess, info = trained.model, trained.preprocess, trained.info
     files = image_files(paths)
     if not files:
         raise UserError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")

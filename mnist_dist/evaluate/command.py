@@ -1,8 +1,9 @@
-"""Evaluating a trained run, as mnist_dist/train/job.py trains one.
+"""The evaluate command: a report on a trained model, `--predict` or `--export` (evaluate.py).
 
-`parse_args` reads evaluate.py's flags. `evaluate_checkpoint` predicts every sample of the split on
-every rank (the same numbers for any world size); the main process prints the report, writes it
-and logs it to W&B. `classify_files` serves `--predict`. Only the standard library and the option
+`parse_args` reads evaluate.py's flags; every task loads the model with trained_model.load_trained.
+`evaluate_checkpoint` predicts every sample of the split on every rank (the same numbers for any
+world size); the main process prints the report, writes it and logs it to W&B. `classify_files`
+serves `--predict`, `export_file` serves `--export`. Only the standard library and the option
 lists load at the top: torch, accelerate and wandb load inside the functions that need them, so
 `--help` answers at once and `--predict` never imports accelerate.
 """
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # names for the annotations only; importing them here would l
 
     from mnist_dist.data.images import DatasetInfo, ImageSet
     from mnist_dist.evaluate.exact import SplitPredictions
-    from mnist_dist.evaluate.trained_run import TrainedRun
+    from mnist_dist.evaluate.trained_model import TrainedModel
 
 DESCRIPTION = "Evaluate a trained run on a whole split, with a visual report; or classify your own image files."
 
@@ -88,21 +89,22 @@ def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
 def classify_files(args: argparse.Namespace) -> int:
     """`--predict`: the top classes of each image file; 0, or 2 when any file could not be classified."""
     from mnist_dist.evaluate.classify import classify
-    from mnist_dist.evaluate.trained_run import load_run  # torch loads only from here on (accelerate never does)
+    from mnist_dist.evaluate.trained_model import load_trained  # torch loads from here on (accelerate never does)
 
-    return classify(load_run(args.checkpoint), args.predict, args.json)
+    return classify(load_trained(args.checkpoint), args.predict, args.json)
 
 
 def export_file(args: argparse.Namespace) -> int:
     """`--export`: the model and its normalization as a torch.export program."""
-    from mnist_dist.evaluate.load import export_program
-    from mnist_dist.evaluate.trained_run import load_run  # torch loads only from here on
+    from mnist_dist.evaluate.export import export_program
+    from mnist_dist.evaluate.trained_model import load_trained  # torch loads only from here on
 
-    run = load_run(args.checkpoint)
-    export_program(run, Path(args.export))
+    trained = load_trained(args.checkpoint)
+    export_program(trained, Path(args.export))
+    info = trained.info
     print(
-        f"exported {run.weights_path} to {args.export}: torch.export.load(path).module() takes uint8 images "
-        f"(N, {run.info.channels}, {run.info.height}, {run.info.width}) and returns logits"
+        f"exported {trained.weights_path} to {args.export}: torch.export.load(path).module() takes uint8 images "
+        f"(N, {info.channels}, {info.height}, {info.width}) and returns logits"
     )
     return 0
 
@@ -131,35 +133,32 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """Predict the whole split on every rank; the main process reports. Always ends the process group."""
     from mnist_dist.data.datasets import load_dataset_main_first
     from mnist_dist.distributed import build_accelerator, write_on_main
-    from mnist_dist.evaluate.trained_run import build_trained_model, check_dataset_fits, load_run
+    from mnist_dist.evaluate.trained_model import load_trained
 
-    run = load_run(args.checkpoint)
-    dataset = args.dataset or run.config.dataset
-    info = check_dataset_fits(run, dataset)  # before any data is loaded: a mismatch fails at once
-    model = build_trained_model(run)
-    config = evaluation_config(run.config, args, dataset)
+    trained = load_trained(args.checkpoint)
+    dataset = args.dataset or trained.config.dataset
+    info = trained.check_fits(dataset)  # before any data is loaded: a mismatch fails at once
+    config = evaluation_config(trained.config, args, dataset)
     accelerator = build_accelerator(config)
     try:
         data = load_dataset_main_first(config, accelerator)
         split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
         if split is None:
-            raise UserError(f"{run.weights_path} was trained with --val-size 0: no validation split to evaluate.")
-        predictions = predict_every_sample(model, split, run.info, config, accelerator)
+            raise UserError(f"{trained.weights_path} was trained with --val-size 0: no validation split to evaluate.")
+        predictions = predict_every_sample(trained.model, split, trained.info, config, accelerator)
         about = {
-            "checkpoint": str(run.weights_path),
+            "checkpoint": str(trained.weights_path),
             "model": config.model,
-            "trained_on": run.config.dataset,
+            "trained_on": trained.config.dataset,
             "dataset": dataset,
             "split": args.split,
         }
-        out_dir = Path(args.out or default_out_dir(run.weights_path, run.config.dataset, dataset, args.split))
+        out_dir = Path(args.out or default_out_dir(trained.weights_path, trained.config.dataset, dataset, args.split))
         # Every rank holds the whole split's predictions; the main process reports, and a failed
         # write of the report ends every rank together (no rank waits for one that has gone).
+        wandb = {"into": args.wandb_eval, "mode": args.wandb}  # None: the training run's choice
         write_on_main(
-            accelerator,
-            lambda: report(
-                run, about, info.class_names, predictions, split.images, out_dir, into=args.wandb_eval, mode=args.wandb
-            ),
+            accelerator, lambda: report(trained, about, info.class_names, predictions, split.images, out_dir, **wandb)
         )
     finally:
         accelerator.end_training()  # also destroys the process group
@@ -184,7 +183,7 @@ def predict_every_sample(
 
 
 def report(
-    run: TrainedRun,
+    trained: TrainedModel,
     about: dict[str, str],
     class_names: tuple[str, ...],
     predictions: SplitPredictions,
@@ -203,7 +202,9 @@ def report(
 
     metrics = eval_report.build_metrics(predictions, class_names, about)
     eval_report.print_report(metrics)
-    written = eval_report.write_report(metrics, predictions, images, run, out_dir)
+    written = eval_report.write_report(metrics, predictions, images, trained, out_dir)
     print(f"report written to {out_dir}/: {', '.join(written)}")
     figures = [out_dir / name for name in written if name.endswith(".png")]
-    log_evaluation(run.config, run.weights_path, metrics, predictions, images, figures, out_dir, into=into, mode=mode)
+    log_evaluation(
+        trained.config, trained.weights_path, metrics, predictions, images, figures, out_dir, into=into, mode=mode
+    )

@@ -143,10 +143,10 @@ def confused_pairs_table(top_confused: list[dict[str, Any]]) -> Table:
     return table
 
 
-def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run, out_dir: Path) -> list[str]:
+def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, trained, out_dir: Path) -> list[str]:
     """metrics.json, every figure and report.md into `out_dir` (main process only); returns the file names.
 
-    `run` is the evaluated `trained_run.TrainedRun`: its config goes into report.md, and its
+    `trained` is the evaluated `trained_model.TrainedModel`: its config goes into report.md, and its
     metrics.jsonl (when the weights sit in a run directory) gives the learning curves. Everything is
     written into a hidden folder beside `out_dir` first, then moved in: a failed write (a full disk)
     leaves `out_dir` as it was, an earlier report in it included.
@@ -157,8 +157,10 @@ def write_report(metrics: dict[str, Any], predictions, images: torch.Tensor, run
             shutil.rmtree(staging, ignore_errors=True)  # left by a crash
             staging.mkdir(parents=True)
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            names = figures.draw_all(images, predictions, metrics, run.metrics_log, run.config.label_smoothing, staging)
-            write_markdown(metrics, run.config.to_dict(), names, staging)
+            names = figures.draw_all(
+                images, predictions, metrics, trained.metrics_log, trained.config.label_smoothing, staging
+            )
+            write_markdown(metrics, trained.config.to_dict(), names, staging)
             written = ["report.md", "metrics.json", *names]
             out_dir.mkdir(parents=True, exist_ok=True)
             for name in written:

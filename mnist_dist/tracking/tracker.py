@@ -48,7 +48,7 @@ class Tracker:
         (0 when the run starts from scratch).
 
         A failed write of metrics.jsonl does not raise here: only the main process writes it, so it
-        is kept in `failure` until the ranks agree to stop (Trainer.check_health), and from then on
+        is kept in `failure` until the ranks agree to stop (train/agreement.py), and from then on
         nothing more is written to the file.
         """
         self.config = config

@@ -1,9 +1,17 @@
-"""One training job from a parsed config: resolve it, set up, fit, always clean up."""
+"""One training job from a parsed config: resolve it, lock its folder, build the trainer (resumed from a
+checkpoint where there is one), fit, write the final files, always clean up.
+
+    train()          the job, start to end
+    resolve()        the run's final config, the same on every rank
+
+The Trainer's parts are made by train/build.py; the loop is train/loop.py; the final files train/final.py.
+"""
 
 import dataclasses
 import datetime
 import gc
 import json
+import time
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -15,9 +23,17 @@ from mnist_dist.checkpoint.run_lock import RunInUse, RunLock
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import Config
 from mnist_dist.data.datasets import load_dataset_main_first
-from mnist_dist.distributed import build_accelerator, collective_timeout, fail_together, lost_peer, write_on_main
-from mnist_dist.errors import LostProcess, first_line
+from mnist_dist.distributed import (
+    build_accelerator,
+    collective_timeout,
+    fail_together,
+    lost_peer,
+    write_on_main,
+)
+from mnist_dist.errors import STOPS, LostProcess, first_line, write_error_log
 from mnist_dist.tracking.facts import system_facts
+from mnist_dist.train.build import build_trainer
+from mnist_dist.train.final import finish
 from mnist_dist.train.loop import Trainer
 
 
@@ -83,38 +99,53 @@ def report_finished(trainer: Trainer) -> dict:
     return json.loads((config.run_path / "summary.json").read_text())
 
 
-def lost_process_message(trainer: Trainer, reason: str) -> str:
+def lost_process_message(trainer: Trainer, reason: str, log: Path | None) -> str:
     """What a user reads when a collective failed because another process stopped responding or ended."""
-    kept = trainer.checkpointer.what_is_kept("the last complete checkpoint, {}, is intact")
-    seconds = collective_timeout(trainer.config, trainer.device.type).total_seconds()
+    kept = trainer.checkpoints.what_is_kept("the last complete checkpoint, {}, is intact")
+    seconds = collective_timeout(trainer.config, trainer.accelerator.device.type).total_seconds()
+    evidence = f"; the traceback is in {log}" if log else ""
     return (
         f"another process stopped responding or ended, after step {trainer.state.step} ({reason}; a collective "
-        f"waits at most {seconds:g} s, --collective-timeout); {kept}: run the same command again to resume."
+        f"waits at most {seconds:g} s, --collective-timeout{evidence}); {kept}: run the same command again to resume."
     )
+
+
+def keep_evidence(config: Config | None, accelerator: Accelerator, error: BaseException) -> Path | None:
+    """The full traceback of an error that is not one of the expected stops, in the run's folder
+    (error-rank-R.log), so that neither a one-line message nor a scrolled-away terminal costs it."""
+    if config is None or not config.writes_files:  # before the folder is known, or a dry run
+        return None
+    return write_error_log(config.run_path, accelerator.process_index, error)
 
 
 def train(config: Config, sources: dict[str, str] | None = None) -> dict:
     """`sources`: what set each option (cli.parse_command_line), for the config table."""
     accelerator = build_accelerator(config)
-    trainer = lock = None
+    trainer = lock = locked = None
     try:
         sources = dict(sources or {})
         config = resolve(config, accelerator, sources)
         lock = lock_run_dir(config, accelerator)
+        locked = config  # from here on, the run's folder is this job's: an error's traceback may go there
         data = load_dataset_main_first(config, accelerator)
-        trainer = Trainer(config, accelerator, data, system_facts(accelerator), sources)
+        trainer = build_trainer(config, accelerator, data, system_facts(accelerator), sources)
         if trainer.already_finished:
             return report_finished(trainer)
         save_config(config, accelerator)  # after the checkpoint was found to fit the options
-        results = trainer.fit()
+        started = time.perf_counter()
+        evaluation = trainer.fit()
+        results = finish(trainer, evaluation, time.perf_counter() - started)
         # No rank tears the process group down while another still talks in it: a gloo rank that
         # leaves early can abort the others ("terminate called without an active exception").
         accelerator.wait_for_everyone()
         return results
-    except RuntimeError as error:
+    except (*STOPS, KeyboardInterrupt):  # expected: each says what happened in its one line
+        raise
+    except Exception as error:  # a bug, or a failure of the machine or of another process
+        log = keep_evidence(locked, accelerator, error)
         if trainer is None or not lost_peer(error):
             raise
-        raise LostProcess(lost_process_message(trainer, first_line(error))) from None
+        raise LostProcess(lost_process_message(trainer, first_line(error), log)) from None
     finally:
         if trainer is not None:
             trainer.close()

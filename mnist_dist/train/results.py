@@ -4,14 +4,14 @@ the final results (summary.json, W&B's summary, the console's closing table)."""
 import torch
 from accelerate import Accelerator
 
-from mnist_dist.checkpoint.reader import TrainingState
+from mnist_dist.checkpoint.state import TrainingState
 from mnist_dist.evaluate.exact import EvalResult
 
 
 class EpochSums:
     """This rank's running sums over the epoch, kept on the device so that adding costs no host sync.
 
-    A NaN or inf loss stays in `loss` (a sum of non-negative losses), which the health check reads.
+    A NaN or inf loss stays in `loss` (a sum of non-negative losses), which the ranks' agreement reads.
     A checkpoint saves them (`saved`), so a run resumed inside an epoch reports the whole epoch.
     """
 
@@ -20,6 +20,12 @@ class EpochSums:
         self.loss = sums.get("loss", torch.zeros((), dtype=torch.float64)).to(device)
         self.correct = sums.get("correct", torch.zeros((), dtype=torch.int64)).to(device)
         self.samples = sums.get("samples", torch.zeros((), dtype=torch.int64)).to(device)
+
+    def reset(self) -> None:
+        """Zero for a new epoch, in place: the agreement and the checkpoints hold this object."""
+        self.loss, self.correct, self.samples = (
+            torch.zeros_like(value) for value in (self.loss, self.correct, self.samples)
+        )
 
     def saved(self) -> dict:
         return {"epoch_sums": {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "samples": self.samples.cpu()}}

@@ -5,7 +5,7 @@ watches the same number. Without a validation split (--val-size 0) the run keeps
 
 import torch
 
-from mnist_dist.checkpoint.reader import TrainingState
+from mnist_dist.checkpoint.state import TrainingState
 from mnist_dist.checkpoint.weights import cpu_weights
 
 

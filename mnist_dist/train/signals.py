@@ -19,10 +19,10 @@ import threading
 import time
 
 from mnist_dist.config import FIELDS
+from mnist_dist.errors import Interrupted
 
 DEFAULT_STOP_SIGNALS = tuple(FIELDS["stop_signals"].default.split(","))  # train.py's default, --stop-signals
 REPEAT_SECONDS = 1.0  # a person's second Ctrl-C comes later than a launcher's forwarded copy of the first
-ABORT_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 INTERRUPTED_AGAIN = (
     "interrupted again: stopped at once, without a checkpoint; the last complete checkpoint is kept. "
     "Run the same command again to resume from it."
@@ -60,4 +60,4 @@ def abort() -> None:
     Every rank got it from the terminal; rank 0 says so."""
     if os.environ.get("RANK", "0") == "0":
         print(f"error: {INTERRUPTED_AGAIN}", file=sys.stderr, flush=True)
-    os._exit(ABORT_EXIT_CODE)
+    os._exit(Interrupted.exit_code)  # 130, as for Ctrl-C outside the loop

@@ -1,19 +1,30 @@
-"""Real processes in one gloo group: shards, world size, and exact evaluation."""
+"""Real processes in one gloo group: shards, world size, exact evaluation, and a peer that goes away."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_script
+from helpers import REPO, run_script, script_command, script_environment
 
 PROBE = "tests/integration/probe_sharding.py"
 
 
 def run_probe(script: str, out: Path, processes: int, launcher: str | None = None) -> Path:
-    """Run a probe script that writes its per-rank results into the new folder `out`."""
+    """Run a probe script that writes its per-rank results into the new folder `out`.
+
+    torchrun runs --standalone: it takes a free port as it binds it, where a port found free beforehand
+    (free_port) can be taken by another process in between, and the probe would fail for it.
+    """
     out.mkdir()
-    result = run_script(script, [out], processes, launcher)
+    if launcher == "torchrun":
+        command = script_command(script, [out], processes, launcher, rendezvous=["--standalone"])
+        environment = script_environment(processes)
+        result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    else:
+        result = run_script(script, [out], processes, launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -70,3 +81,30 @@ def test_gloo_gradient_sync_matches_ddps_all_reduce_and_keeps_buffers_per_rank(t
     key = "1.running_mean"
     assert torch.equal(ranks[1]["configured buffers"][key], ranks[1]["local buffers"][key])
     assert not torch.equal(ranks[1]["default buffers"][key], ranks[1]["local buffers"][key])
+
+
+@pytest.mark.parametrize("peer", ["exits", "stops"])
+def test_a_lost_peer_is_told_by_where_the_error_comes_from_not_by_its_words(tmp_path, peer):
+    # Two plain processes, as srun starts them: no launcher ends rank 0 when rank 1 goes away.
+    out = tmp_path / peer
+    out.mkdir()
+    command = [sys.executable, "tests/integration/probe_lost_peer.py", str(out), peer]
+    ranks = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**script_environment(2), "RANK": str(rank), "WORLD_SIZE": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    report = json.loads((out / "rank0.json").read_text())
+    # Gloo raises plain RuntimeErrors (torch 2.14); the step's comes through the gradient hook, which
+    # used to swallow it and average uninitialised memory.
+    assert [failure["collective"] for failure in report["failures"]] == ["step", "all_reduce"]
+    assert all(failure["raised"] and failure["lost_peer"] for failure in report["failures"]), report
+    assert report["a bug that says timed out"] is False

@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from helpers import assert_clean_error, assert_same_weights, metrics_rows, run_script, train_into
+from helpers import assert_clean_error, assert_same_weights, metrics_rows, run_script, skip_unless_required, train_into
 
 PAGE = 4096
 PLENTY = 64 * 2**20
@@ -43,10 +43,7 @@ class SmallDisk:
 @pytest.fixture
 def disk(tmp_path):
     if os.geteuid() != 0:
-        reason = "mounting a small tmpfs needs root"
-        if os.environ.get("MNIST_DIST_REQUIRE_TMPFS") == "1":
-            pytest.fail(f"{reason} (MNIST_DIST_REQUIRE_TMPFS=1)")
-        pytest.skip(reason)
+        skip_unless_required("mounting a small tmpfs needs root", "MNIST_DIST_REQUIRE_TMPFS")
     disk = SmallDisk(tmp_path / "disk")
     yield disk
     disk.unmount()
@@ -118,9 +115,8 @@ def test_a_full_disk_at_the_checkpoint_the_final_model_and_summary_json(disk, da
     assert_same_weights(run_dir, tmp_path / "uninterrupted")
 
 
-def test_an_evaluation_report_on_a_full_disk_leaves_the_earlier_one(disk, data_dir, tmp_path):
-    run_dir, out = tmp_path / "run", disk.path / "report"
-    train_into(run_dir, data_dir, *ARGS, "--max-steps", "10")
+def test_an_evaluation_report_on_a_full_disk_leaves_the_earlier_one(disk, lenet_five_steps):
+    run_dir, out = lenet_five_steps, disk.path / "report"  # evaluate.py only reads the run
     first = run_script("evaluate.py", ["--checkpoint", run_dir, "--out", out])
     assert first.returncode == 0, first.stderr[-3000:]
     report = files_in(out)

@@ -161,19 +161,20 @@ def test_the_weights_file_carries_its_preprocessing_and_the_users_umask(lenet_ru
         assert modes[name] == 0o666 & ~umask, modes  # what the user's umask gives, never 0600
 
 
-def readme_python(section: str) -> list[str]:
-    """The ```python blocks of the README section that starts with `section`."""
-    text = (REPO / "README.md").read_text()
+def docs_python(page: str, section: str) -> list[str]:
+    """The ```python blocks of the section of `page` (a path in the repo) that starts with `section`."""
+    text = (REPO / page).read_text()
     body = text[text.index(section) :]
     body = body[: body.find("\n## ", 1)]
     return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
 
-def test_the_readmes_lines_for_using_a_model_run_as_written(data_dir, tmp_path):
-    """The README's example classifies digit.png with runs/my-mlp three ways: load_model (which prepares
-    a photo like MNIST first), plain PyTorch from the weights file, and the exported program."""
+def test_the_readmes_lines_for_using_a_model_run_as_written(recipe_run, data_dir, tmp_path):
+    """docs/EVALUATION.md's example (README.md shows its first block) classifies digit.png with runs/my-mlp
+    three ways: load_model (which prepares a photo like MNIST first), plain PyTorch from the weights file,
+    and the exported program."""
     run_dir = tmp_path / "runs" / "my-mlp"
-    train_into(run_dir, data_dir, "--model", "mlp", "--epochs", "1")
+    shutil.copytree(recipe_run("mlp", 1), run_dir)  # `--model mlp --epochs 1`, trained once for the module
     exported = run_script("evaluate.py", ["--checkpoint", run_dir, "--export", tmp_path / "model.pt2"])
     assert exported.returncode == 0, exported.stderr[-3000:]
     image = load_dataset("digits", str(data_dir), "", download=False).test.images[0]  # uint8 (1, 28, 28)
@@ -182,7 +183,7 @@ def test_the_readmes_lines_for_using_a_model_run_as_written(data_dir, tmp_path):
     with torch.no_grad():
         as_photo = model(preprocess(Image.open(tmp_path / "digit.png"))).argmax().item()
         as_pixels = model(preprocess(image)).argmax().item()
-    blocks = readme_python("### Using a trained model")
+    blocks = docs_python("docs/EVALUATION.md", "## Using a trained model")
     assert len(blocks) == 3
     for block, expected in zip(blocks, (as_photo, as_pixels, as_pixels)):
         ran = subprocess.run(

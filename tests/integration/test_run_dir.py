@@ -1,12 +1,14 @@
 """A run directory belongs to one job at a time, and a job that is refused or fails leaves it as it was."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
 
-from helpers import assert_clean_error, metrics_rows, run_script, start_script
+import psutil
+from helpers import LENET_FIVE_STEPS, assert_clean_error, metrics_rows, run_script, start_script, wait_for
 
 from mnist_dist.checkpoint.run_lock import LOCK_FILE
 
@@ -17,14 +19,18 @@ def lenet_args(data_dir, run_dir, *extra) -> list:
 
 def test_a_second_job_on_the_same_run_directory_is_refused_and_touches_nothing(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = lenet_args(data_dir, run_dir, "--epochs", "6", "--checkpoint-every", "50", "--log-every", "10")
+    args = lenet_args(data_dir, run_dir, "--max-steps", "60", "--checkpoint-every", "20", "--log-every", "10")
     first = start_script("train.py", args)
-    deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").exists():  # the first job holds the lock and trains
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
-    config = (run_dir / "config.yaml").read_bytes()
-    second = run_script("train.py", args)
+    wait_for(run_dir / "metrics.jsonl", first)  # the first job holds the lock and trains
+    # Paused (SIGSTOP) while the second job starts: alive and holding the lock, it cannot end first however
+    # slowly the second starts, and it writes on from where it was once it goes on.
+    paused = psutil.Process(first.pid)
+    paused.suspend()
+    try:
+        config = (run_dir / "config.yaml").read_bytes()
+        second = run_script("train.py", args)
+    finally:
+        paused.resume()
     assert_clean_error(second, f"run directory {run_dir} is in use by process {first.pid}")
     assert (run_dir / "config.yaml").read_bytes() == config
     _, stderr = first.communicate(timeout=300)
@@ -49,9 +55,9 @@ def test_a_lock_whose_process_has_ended_is_taken_over_with_one_warning(data_dir,
     assert not (run_dir / LOCK_FILE).exists()
 
 
-def test_a_refused_rerun_and_a_failed_start_change_nothing(data_dir, tmp_path):
+def test_a_refused_rerun_and_a_failed_start_change_nothing(lenet_five_steps, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    assert run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5")).returncode == 0
+    shutil.copytree(lenet_five_steps, run_dir)
     written = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
     refused = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5", "--batch-size", "32"))
     assert_clean_error(refused, "was written with batch_size=")
@@ -63,10 +69,10 @@ def test_a_refused_rerun_and_a_failed_start_change_nothing(data_dir, tmp_path):
     assert not (tmp_path / "new").exists()  # neither the run folder nor the folder above it
 
 
-def test_a_finished_run_run_again_says_so_and_rewrites_nothing(data_dir, tmp_path):
+def test_a_finished_run_run_again_says_so_and_rewrites_nothing(lenet_five_steps, data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    args = lenet_args(data_dir, run_dir, "--max-steps", "5", "--schedule", "none")
-    assert run_script("train.py", args).returncode == 0
+    shutil.copytree(lenet_five_steps, run_dir)  # trained with these options
+    args = lenet_args(data_dir, run_dir, *LENET_FIVE_STEPS)
     files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
     again = run_script("train.py", args)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,6 +1,5 @@
 """End-to-end training runs with real processes: accuracy bars, files written, DDP equivalence."""
 
-import os
 import pickle
 import re
 import subprocess
@@ -9,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, deterministic_args, metrics_rows, summary
+from helpers import REPO, deterministic_args, metrics_rows, skip_unless_required, summary
 from safetensors.torch import load_file
 
 from mnist_dist import load_model
 from mnist_dist.cli import load_yaml
 from mnist_dist.data.datasets import load_dataset
-from mnist_dist.evaluate.load import export_program
-from mnist_dist.evaluate.trained_run import load_run
+from mnist_dist.evaluate.export import export_program
+from mnist_dist.evaluate.trained_model import load_trained
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -108,9 +107,8 @@ def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluate
     train, data_dir, tmp_path
 ):
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-        if os.environ.get("MNIST_DIST_REQUIRE_FASHION"):
-            pytest.fail(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
-        pytest.skip(f"needs Debian's dataset-fashion-mnist ({FASHION})")
+        reason = f"needs Debian's dataset-fashion-mnist ({FASHION}): apt-get install dataset-fashion-mnist"
+        skip_unless_required(reason, "MNIST_DIST_REQUIRE_FASHION")
     # 2 processes x 50: the recipe's global batch of 100, 540 steps over the 54,000 training images,
     # with Fashion-MNIST's augmentation (mirror images) and each image evaluated with its mirror image.
     args = ["--config", "configs/lenet.yaml", "--dataset", "fashion-mnist", "--epochs", "1", "--batch-size", "50"]
@@ -127,7 +125,7 @@ def test_fashion_mnist_lenet_one_epoch_reaches_80_percent_and_the_model_evaluate
     assert abs(correct - round(results["test_accuracy"] * 10_000)) <= 2  # 2 threads here, 1 per process there
     assert not torch.allclose(logits, single)  # not the single view's logits
     # And so does the exported program, at any batch size (its example batch has 2 images).
-    export_program(load_run(str(run_dir)), tmp_path / "model.pt2")
+    export_program(load_trained(run_dir), tmp_path / "model.pt2")
     program = torch.export.load(tmp_path / "model.pt2").module()
     torch.testing.assert_close(program(test.images[:1000]), logits[:1000], rtol=1e-4, atol=1e-4)
 
@@ -221,5 +219,12 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(train):
     result, run_dir = train(*deterministic_args(30), *diverging, "--checkpoint-every", "2", check=False)
     assert result.returncode == 4, result.stderr[-2000:]
     assert "error: the" in result.stderr and "NaN or infinite" in result.stderr
-    for checkpoint in (run_dir / "checkpoints").glob("step-*"):
-        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+    # Checkpoints were kept (every 2 steps, the last ones before the loss blew up), the error names the
+    # newest, and every one of them holds finite weights.
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert checkpoints, "no checkpoint was kept"
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == checkpoints[-1] and f"the last good checkpoint is {latest}" in result.stderr
+    for checkpoint in checkpoints:
+        weights = load_file(checkpoint / "model.safetensors")
+        assert weights and all(torch.isfinite(t).all() for t in weights.values()), checkpoint.name

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import REPO, assert_same_weights, metrics_rows, summary, train_into
+from helpers import OFFLINE_SHORT, REPO, assert_same_weights, metrics_rows, summary, train_into
 
 pytest.importorskip("wandb", reason="these tests read what the real wandb package writes")
 from wandb_files import offline_runs  # noqa: E402
@@ -23,18 +23,6 @@ SHORT = ["--model", "linear", "--dataset", "digits", "--batch-size", "500"]
 # so 25 steps end inside the second epoch.
 TWO_PROCESS = [*SHORT, "--max-steps", "25", "--epochs", "2", "--log-every", "5", "--wandb", "offline"]
 TWO_PROCESS += ["--wandb-group", "smoke", "--wandb-tags", "ci,linear", "--wandb-notes", "two processes"]
-
-
-@pytest.fixture(scope="module")
-def wandb_env(tmp_path_factory) -> dict:
-    """W&B's own folders (settings, artifact staging, cache) in a temporary home, not the user's."""
-    home = tmp_path_factory.mktemp("wandb-home")
-    return {
-        "WANDB_CONFIG_DIR": str(home / "config"),
-        "WANDB_DATA_DIR": str(home / "data"),
-        "WANDB_CACHE_DIR": str(home / "cache"),
-        "WANDB_BASE_URL": "http://127.0.0.1:9",
-    }  # nothing listens there: no W&B server is ever reached
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +213,12 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from mnist_dist.evaluate.trained_run import load_run
+from mnist_dist.evaluate.trained_model import load_trained
 from mnist_dist.evaluate.report import build_metrics
 from mnist_dist.tracking.wandb_media import log_evaluation
 
 run_dir, into = Path(sys.argv[1]), sys.argv[2]
-run = load_run(str(run_dir))
+run = load_trained(run_dir)
 labels = torch.arange(40) % 10
 probabilities = torch.nn.functional.one_hot((labels + (torch.arange(40) % 4 == 0)) % 10, 10).float()
 predicted = probabilities.argmax(dim=1)
@@ -288,11 +276,10 @@ def test_every_sweep_parameter_is_a_train_option_with_valid_values():
     assert sweep["metric"]["name"] in wandb_names("epoch", epoch_row)  # the metric is one the runs log
 
 
-def test_wandbs_own_console_output_only_with_verbose(tmp_path, data_dir, wandb_env):
+def test_wandbs_own_console_output_only_with_verbose(offline_short_run, tmp_path, data_dir, wandb_env):
     """By default one line of ours says where the run is; --verbose brings back wandb's banner and summary."""
-    args = [*SHORT, "--max-steps", "3", "--wandb", "offline"]
-    quiet = train_into(tmp_path / "quiet", data_dir, *args, env=wandb_env)
-    verbose = train_into(tmp_path / "verbose", data_dir, *args, "--verbose", env=wandb_env)
+    quiet, _ = offline_short_run
+    verbose = train_into(tmp_path / "verbose", data_dir, *OFFLINE_SHORT, "--verbose", env=wandb_env)
 
     def wandb_lines(result) -> list[str]:
         return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("wandb:")]

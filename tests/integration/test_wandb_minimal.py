@@ -5,8 +5,8 @@ from helpers import REPO
 SHORT = ["--model", "linear", "--dataset", "digits", "--max-steps", "3", "--batch-size", "500"]
 
 
-def test_offline_run_is_written_into_the_run_dir(train):
-    result, run_dir = train(*SHORT, "--wandb", "offline")
+def test_offline_run_is_written_into_the_run_dir(offline_short_run):
+    result, run_dir = offline_short_run
     assert "W&B offline" in result.stdout
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

@@ -71,3 +71,18 @@ def test_no_module_is_longer_than_300_lines():
     lines = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
     long = {name: count for name, count in lines.items() if count > 300}
     assert not long, long
+
+
+def test_no_function_is_longer_than_40_lines():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 40:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long, long
+
+
+def test_the_trainer_class_is_the_loop_alone_under_150_lines():
+    loop = ast.parse((PACKAGE / "train" / "loop.py").read_text())
+    trainer = next(node for node in loop.body if isinstance(node, ast.ClassDef) and node.name == "Trainer")
+    assert trainer.end_lineno - trainer.lineno < 150

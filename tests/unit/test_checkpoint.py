@@ -1,5 +1,7 @@
-"""The checkpointer in one process: what it keeps, what it refuses, and what a failed save leaves."""
+"""Checkpoints in one process, written by the writer and resumed by the reader: what is kept, what is
+refused, what a failed save leaves, and what --resume auto does with a damaged checkpoint."""
 
+import dataclasses
 import errno
 import random
 
@@ -7,8 +9,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from mnist_dist.checkpoint import writer as checkpoint
-from mnist_dist.checkpoint.writer import Checkpointer, TrainingState
+from mnist_dist.checkpoint import writer
+from mnist_dist.checkpoint.layout import complete_checkpoints
+from mnist_dist.checkpoint.reader import DamagedCheckpoint, candidates, resume
+from mnist_dist.checkpoint.state import TrainingState
+from mnist_dist.checkpoint.writer import CheckpointWriter, Contents
 from mnist_dist.config import make_config
 from mnist_dist.errors import UserError
 
@@ -18,112 +23,150 @@ def accelerator():
     return Accelerator(cpu=True)
 
 
+class Run:
+    """A tiny model, its optimizer and schedule, and a writer of their checkpoints."""
+
+    def __init__(self, accelerator: Accelerator, tmp_path, **options):
+        self.config = make_config({"keep_checkpoints": 2, "model": "linear", "run_dir": str(tmp_path), **options})
+        self.accelerator = accelerator
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=2)
+        self.state = TrainingState()
+        contents = Contents(self.state, self.model, self.optimizer, self.scheduler, self.rank_state, self.best)
+        self.writer = CheckpointWriter(self.config, accelerator, None, contents, agree=lambda step: None)
+        self.folder = tmp_path / "checkpoints"
+
+    def rank_state(self) -> dict:
+        return {"epoch_sums": {"loss": torch.tensor(float(self.state.step))}}
+
+    def best(self) -> dict | None:
+        return self.model.state_dict() if self.state.best_step >= 0 else None  # a best accuracy comes with its weights
+
+    def save(self, step: int, best_step: int = -1):
+        self.state.step, self.state.best_step = step, best_step
+        return self.writer.save()
+
+    def resume(self, where: str, say=print, **options):
+        """Resume this run's model, optimizer and schedule as --resume `where` does, with `options` changed."""
+        config = dataclasses.replace(self.config, resume=where, **options)
+        return resume(config, self.accelerator, self.model, self.optimizer, self.scheduler, say)
+
+
 @pytest.fixture
-def parts(accelerator, tmp_path):
-    config = make_config({"keep_checkpoints": 2, "model": "linear", "run_dir": str(tmp_path)})
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2)
-    return Checkpointer(config, accelerator, tmp_path), model, optimizer, scheduler
+def run(accelerator, tmp_path):
+    return Run(accelerator, tmp_path)
 
 
-def save(parts, step, best_step=-1):
-    checkpointer, model, optimizer, scheduler = parts
-    state = TrainingState(step=step, best_step=best_step)
-    sums = {"epoch_sums": {"loss": torch.tensor(float(step))}}
-    best = model.state_dict() if best_step >= 0 else None  # a best accuracy comes with its weights
-    return checkpointer.save(state, model, optimizer, scheduler, sums, best)
+def test_auto_resume_takes_the_newest_complete_checkpoint(run, tmp_path):
+    older = run.save(10)
+    newest = run.save(20)
+    (run.folder / ".partial-step-000030").mkdir()  # a crash in the middle of a save
+    (run.folder / "step-000040").mkdir()  # no COMPLETE marker
+    assert candidates(run.config) == [newest, older]
+    assert candidates(dataclasses.replace(run.config, resume=str(tmp_path))) == [newest]  # a run dir
+    assert (run.folder / "latest").read_text().strip() == "step-000020"
+    assert candidates(dataclasses.replace(run.config, resume="none")) == []
 
 
-def test_auto_resume_takes_the_newest_complete_checkpoint(parts):
-    checkpointer = parts[0]
-    save(parts, 10)
-    newest = save(parts, 20)
-    (checkpointer.folder / ".partial-step-000030").mkdir()  # a crash in the middle of a save
-    (checkpointer.folder / "step-000040").mkdir()  # no COMPLETE marker
-    assert checkpointer.find("auto") == newest
-    assert checkpointer.find(str(checkpointer.folder.parent)) == newest  # a run dir
-    assert (checkpointer.folder / "latest").read_text().strip() == "step-000020"
-    assert checkpointer.find("none") is None
-
-
-def test_keeps_the_newest_and_the_best(parts):
+def test_keeps_the_newest_and_the_best(run):
     for step in (10, 20, 30, 40):
-        save(parts, step, best_step=10)
-    assert [path.name for path in parts[0].complete_checkpoints()] == ["step-000010", "step-000030", "step-000040"]
+        run.save(step, best_step=10)
+    assert [path.name for path in complete_checkpoints(run.folder)] == ["step-000010", "step-000030", "step-000040"]
 
 
-def test_load_restores_weights_optimizer_schedule_and_rng(parts):
-    checkpointer, model, optimizer, scheduler = parts
-    model(torch.randn(4, 3)).sum().backward()
-    optimizer.step()
-    scheduler.step()
-    path = save(parts, 7)
-    expected_weights = {k: v.clone() for k, v in model.state_dict().items()}
+def test_resume_restores_weights_optimizer_schedule_and_rng(run):
+    run.model(torch.randn(4, 3)).sum().backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    path = run.save(7)
+    expected_weights = {k: v.clone() for k, v in run.model.state_dict().items()}
     expected_draws = (random.random(), torch.rand(3))
     with torch.no_grad():
-        model.weight.add_(1.0)
-    scheduler.step()
-    state, rank_state = checkpointer.load(path, model, optimizer, scheduler)
-    assert state.step == 7 and rank_state["epoch_sums"]["loss"].item() == 7.0
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected_weights.items())
-    assert scheduler.last_epoch == 1
+        run.model.weight.add_(1.0)
+    run.scheduler.step()
+    loaded = run.resume(str(path))
+    assert loaded.path == path and loaded.state.step == 7 and loaded.rank_state["epoch_sums"]["loss"].item() == 7.0
+    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in expected_weights.items())
+    assert run.scheduler.last_epoch == 1
     assert (random.random(), *torch.rand(3).tolist()) == (expected_draws[0], *expected_draws[1].tolist())
 
 
-def test_load_keeps_this_runs_optimizer_kernels(parts, accelerator):
+def test_resume_keeps_this_runs_optimizer_kernels(run, accelerator):
     """A checkpoint of a non-fused optimizer resumes fused here (load_state_dict would copy the flag)."""
-    checkpointer, model, optimizer, scheduler = parts
-    model(torch.randn(4, 3)).sum().backward()
-    optimizer.step()
-    path = save(parts, 3)  # written by the fixture's plain SGD: fused=None
-    fused = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True))
-    checkpointer.load(path, model, fused, torch.optim.lr_scheduler.StepLR(fused, step_size=2))
-    assert fused.param_groups[0]["fused"] is True
+    run.model(torch.randn(4, 3)).sum().backward()
+    run.optimizer.step()
+    path = run.save(3)  # written by the fixture's plain SGD: fused=None
+    written = run.optimizer
+    run.optimizer = accelerator.prepare(torch.optim.SGD(run.model.parameters(), lr=0.1, momentum=0.9, fused=True))
+    run.scheduler = torch.optim.lr_scheduler.StepLR(run.optimizer, step_size=2)
+    run.resume(str(path))
+    assert run.optimizer.param_groups[0]["fused"] is True
     assert torch.equal(
-        fused.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"]
+        run.optimizer.state_dict()["state"][0]["momentum_buffer"], written.state_dict()["state"][0]["momentum_buffer"]
     )
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_intact(parts, monkeypatch):
-    checkpointer = parts[0]
-    good = save(parts, 10)
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(run, monkeypatch):
+    good = run.save(10)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "weights_bytes", disk_full)
+    monkeypatch.setattr(writer, "weights_bytes", disk_full)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoints are intact"):
-        save(parts, 20)
-    assert checkpointer.find("auto") == good
-    assert (checkpointer.folder / "latest").read_text().strip() == good.name
-    assert not list(checkpointer.folder.glob(".partial-*"))
+        run.save(20)
+    assert candidates(run.config) == [good]
+    assert (run.folder / "latest").read_text().strip() == good.name
+    assert not list(run.folder.glob(".partial-*"))
     monkeypatch.undo()
-    checkpointer.load(good, *parts[1:])
+    assert run.resume("auto").state.step == 10
 
 
-def test_a_path_without_a_complete_checkpoint_is_refused(parts, tmp_path):
+def test_auto_resume_falls_back_on_a_damaged_checkpoint_and_a_named_one_must_load(run):
+    good = run.save(10)
+    damaged = run.save(20)
+    (damaged / "training.pt").unlink()  # a file lost after the save
+    said = []
+    assert run.resume("auto", say=said.append).path == good
+    assert len(said) == 1 and said[0].startswith(f"warning: skipping checkpoint {damaged}: ")
+    assert "training.pt is unreadable" in said[0] and damaged.is_dir()  # left on disk
+    with pytest.raises(DamagedCheckpoint, match="unreadable"):
+        run.resume(str(damaged))
+
+
+def test_a_path_without_a_complete_checkpoint_is_refused(run, tmp_path):
     with pytest.raises(UserError, match="no complete checkpoint there"):
-        parts[0].find(str(tmp_path / "nowhere"))
+        candidates(dataclasses.replace(run.config, resume=str(tmp_path / "nowhere")))
 
 
-def test_world_size_change_is_refused(parts):
-    path = save(parts, 10)
+@pytest.mark.parametrize(
+    "saved, edited, error, message",
+    [
+        ('"batches_done": 0', '"batches_done": -1', DamagedCheckpoint, "no valid state.json.*batches_done is -1"),
+        ('"world_size": 1', '"world_size": 4', UserError, "written by 4 processes"),
+    ],
+    ids=["a negative counter is damage", "another world size is refused"],
+)
+def test_an_edited_state_json_is_refused(run, saved, edited, error, message):
+    path = run.save(10)
     state_file = path / "state.json"
-    state_file.write_text(state_file.read_text().replace('"world_size": 1', '"world_size": 4'))
-    with pytest.raises(UserError, match="written by 4 processes"):
-        parts[0].load(path, *parts[1:])
+    state_file.write_text(state_file.read_text().replace(saved, edited))
+    with pytest.raises(error, match=message):
+        run.resume(str(path))
 
 
-def test_a_onecycle_run_cannot_be_stretched_on_resume(parts, accelerator):
-    checkpointer, model, optimizer, scheduler = parts
-    checkpointer.config.schedule = "onecycle"
-    path = save(parts, 10)
-    longer = Checkpointer(
-        make_config({**checkpointer.config.to_dict(), "epochs": 9}), accelerator, checkpointer.folder.parent
-    )
+def test_a_onecycle_run_cannot_be_stretched_on_resume(accelerator, tmp_path):
+    run = Run(accelerator, tmp_path, schedule="onecycle")
+    path = run.save(10)
     with pytest.raises(
         UserError, match="written with epochs=3, this run has 9; the onecycle schedule cannot be stretched"
     ):
-        longer.load(path, model, optimizer, scheduler)
+        run.resume(str(path), epochs=9)
+
+
+def test_a_dry_run_writes_and_resumes_nothing(accelerator, tmp_path):
+    run = Run(accelerator, tmp_path, dry_run=True)
+    assert run.save(10) is None and not run.folder.exists()
+    assert run.resume("auto") is None

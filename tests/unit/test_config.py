@@ -1,5 +1,6 @@
 """Config: defaults < the model's recipe < YAML < flags, and every validation error names the problem and the fix."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,23 @@ def test_every_model_has_a_recipe_of_valid_options():
     assert set(RECIPES) == set(MODELS)
     for model, values in RECIPES.items():
         make_config({"model": model, **values})
+
+
+def test_a_config_cannot_be_changed_once_made():
+    config = parse_config(["--lr", "0.1"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.run_dir = "elsewhere"
+    assert config.lr == 0.1 and config.run_dir == ""
+
+
+def test_only_a_resolved_config_has_a_run_path():
+    parsed = parse_config([])
+    with pytest.raises(ValueError, match="train.job.resolve"):
+        _ = parsed.run_path
+    resolved = dataclasses.replace(parsed, run_name="r", run_dir="runs/r")  # what train.job.resolve returns
+    assert resolved.run_path == Path("runs/r") and parsed.run_dir == ""
 
 
 def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
@@ -133,11 +151,10 @@ def test_help_answers_without_importing_torch():
     assert result.stdout.strip().endswith("[]")
 
 
-def test_readme_reference_lists_every_option():
-    readme = (REPO / "README.md").read_text()
-    reference = readme[readme.index("## Configuration reference") :]
+def test_the_options_reference_lists_every_option():
+    reference = (REPO / "docs" / "OPTIONS.md").read_text()
     missing = [name for name in Config.__dataclass_fields__ if f"| `{name}` |" not in reference]
-    assert not missing, f"regenerate the README reference (scripts/options_reference.py); missing: {missing}"
+    assert not missing, f"regenerate docs/OPTIONS.md (scripts/options_reference.py); missing: {missing}"
 
 
 def test_stop_signals_are_read_without_sig_prefix_case_or_repeats():
