@@ -16,6 +16,7 @@ from mnist_dist.config import make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.distributed import build_accelerator, configure_ddp
 from mnist_dist.models import build_model
+from mnist_dist.train.job import leave_group
 
 
 def main(out: Path) -> None:
@@ -41,7 +42,9 @@ def main(out: Path) -> None:
         report[f"{name} buffers"] = {key: value.clone() for key, value in module.named_buffers()}
     torch.save(report, out / f"rank{rank}.pt")
     accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()
+    # The DDP models hold the process group: let go of them first (see probe_sharding.py).
+    del models, model
+    leave_group(accelerator)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from mnist_dist.data.sharding import eval_shard, train_indices, train_sampler
 from mnist_dist.distributed import build_accelerator
 from mnist_dist.evaluate.exact import evaluate
 from mnist_dist.models import build_model
+from mnist_dist.train.job import leave_group
 
 TRAIN_SIZE, TEST_SIZE, EVAL_BATCH = 1000, 1234, 100  # 13 eval batches, the last of 34 images
 
@@ -48,9 +49,11 @@ def main(out: Path) -> None:
     }
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     accelerator.wait_for_everyone()  # no rank tears the group down while another still talks in it
-    accelerator.end_training()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # The DDP model holds the process group: let go of it before the group goes, as a training job
+    # does (train/job.leave_group); else gloo can abort at exit ("terminate called without an active
+    # exception", seen when this probe ran beside another test).
+    del model, result
+    leave_group(accelerator)
 
 
 if __name__ == "__main__":
