@@ -153,10 +153,41 @@ OPTION_GROUPS = (
     ),
 )
 DESCRIPTION = (
-    "Train an MNIST-family classifier on one or many processes. Each option is its default, else the value "
-    "of the model's recipe (docs/TRAINING.md, Models and recipes), else the value in the --config file, else the flag "
-    "given here."
+    "Train an MNIST-family classifier on one or many processes. A flag given here beats the --config file, which "
+    "beats the model's recipe (docs/TRAINING.md, Models and recipes), which beats the option's default."
 )
+# The end of --help: flags to copy, each with what it does.
+EXAMPLES = (
+    ("", "cnn on digits (built in: no files)"),
+    ("--model lenet --lr 0.01 --epochs 3", "lenet's recipe, two values replaced"),
+    ("--config configs/lenet.yaml --seed 1", "the file's options, the flag over them"),
+    ("--dataset mnist --data-dir data", "MNIST, downloaded into data/ once"),
+    ("--dry-run", "smoke test: one step, no files written"),
+    ("--run-name first", "runs/first; run it again to resume"),
+)
+
+
+def examples_text(command: str) -> str:
+    """The epilog of --help: EXAMPLES as `command` (python train.py, or mnist-dist-train installed)."""
+    calls = [f"{command} {flags}".rstrip() for flags, _ in EXAMPLES]
+    width = max(map(len, calls))
+    lines = [f"  {call.ljust(width)}  # {why}" for call, (_, why) in zip(calls, EXAMPLES)]
+    more = "Several processes (accelerate launch, torchrun): docs/TRAINING.md. Every option: docs/OPTIONS.md."
+    return "\n".join(["examples:", *lines]) + "\n\n" + more
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, except that the lines of an indented paragraph (the examples) keep their breaks:
+    other paragraphs wrap to the terminal's width as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if "\n  " in paragraph:  # indented lines (commands) stay as written
+                paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
 
 def default_text(name: str) -> str:
@@ -189,7 +220,9 @@ def build_parser() -> Parser:
         usage="%(prog)s [--config FILE] [OPTION ...]",  # the groups list the options: a usage line of all is noise
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override
         allow_abbrev=False,
+        formatter_class=HelpFormatter,
     )
+    parser.epilog = examples_text(parser.command)  # prog is known once the parser exists
     groups = {group.title: parser.add_argument_group(group.title, group.about) for group in OPTION_GROUPS}
     groups["run"].add_argument("--config", metavar="FILE", help="YAML file of options; flags given here override it")
     for group in OPTION_GROUPS:

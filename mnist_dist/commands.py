@@ -5,13 +5,88 @@ train.py and evaluate.py call these from a checkout; `pip install -e .` installs
 commands mnist-dist-train and mnist-dist-evaluate (pyproject.toml). Each takes the arguments
 after the program name, sys.argv[1:] when none are given (as a console script calls it), and
 returns the exit code. Nothing heavy loads at the top: `--help` answers at once.
+
+A reader that goes away (`python train.py | head -3`) costs neither command anything: the rest of
+the output is dropped, and training or the report goes on and writes its files (ReaderMayLeave).
 """
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO
 
 from mnist_dist.cli import parse_command_line
 from mnist_dist.errors import STOPS, Interrupted, report_error
 from mnist_dist.evaluate.command import classify_files, evaluate_checkpoint, export_file, parse_args
 
+DROPPED = (
+    "note: stdout's reader has gone (a pipe such as `| head` ended): the rest of the output is dropped; "
+    "the command goes on and writes its files."
+)
 
+
+class ReaderMayLeave:
+    """stdout or stderr that outlives its reader. Python ignores SIGPIPE, so a write into a pipe whose
+    reader has gone raises BrokenPipeError, and rich's Console then exits 1 without a word. Here the
+    first such write points the stream's file descriptor at /dev/null (so what the stream still buffers,
+    and Python's flush at exit, land there), says `note` once on stderr, and drops the rest."""
+
+    def __init__(self, stream: IO[str], note: str = ""):
+        self.stream, self.note, self.gone = stream, note, False
+
+    def write(self, text: str) -> int:
+        self.attempt(lambda: self.stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.attempt(self.stream.flush)
+
+    def attempt(self, action: Callable[[], object]) -> None:
+        if self.gone:
+            return
+        try:
+            action()
+        except BrokenPipeError:
+            self.gone = True
+            with contextlib.suppress(OSError, ValueError):  # no descriptor (a test's StringIO): dropping is enough
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.stream.fileno())
+                os.close(devnull)
+            if self.note:
+                with contextlib.suppress(OSError):  # stderr may have gone with it (2>&1 | head)
+                    print(self.note, file=sys.stderr, flush=True)
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding...: the stream's own
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def output_may_close() -> Iterator[None]:
+    """sys.stdout and sys.stderr as ReaderMayLeave for the command's length; stdout flushed at its end,
+    so that a reader gone after the last line is found here rather than at Python's exit."""
+    out, err = ReaderMayLeave(sys.stdout, DROPPED), ReaderMayLeave(sys.stderr)
+    saved, (sys.stdout, sys.stderr) = (sys.stdout, sys.stderr), (out, err)
+    try:
+        yield
+    finally:
+        out.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def reader_may_leave(command: Callable[..., int]) -> Callable[..., int]:
+    """`command` run inside output_may_close."""
+
+    @functools.wraps(command)
+    def run(argv: list[str] | None = None) -> int:
+        with output_may_close():
+            return command(argv)
+
+    return run
+
+
+@reader_may_leave
 def train(argv: list[str] | None = None) -> int:
     """Train one run, as `python train.py` and `mnist-dist-train` do."""
     try:
@@ -29,6 +104,7 @@ def train(argv: list[str] | None = None) -> int:
     return 0
 
 
+@reader_may_leave
 def evaluate(argv: list[str] | None = None) -> int:
     """Evaluate a run, classify image files or export the model, as `python evaluate.py` and
     `mnist-dist-evaluate` do."""

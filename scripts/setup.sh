@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv in the repo root and install the pinned requirements into it.
-# Idempotent: a second run with unchanged requirement files installs nothing.
+# Create .venv in the repo root and install the pinned requirements into it, then this checkout as the
+# package (editable: `import mnist_dist` and mnist-dist-train work from any folder, and edits here apply
+# at once). Idempotent: a second run with unchanged requirement files and pyproject.toml installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +15,13 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # none yet, or hal
     "$python" -m venv .venv || { echo "error: could not create .venv (on Debian: apt-get install python3-venv)." >&2; exit 1; }
 fi
 
-stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt constraints.txt | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat requirements.txt requirements-test.txt constraints.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "Installing requirements into .venv (torch is large: a few minutes the first time)..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt -c constraints.txt
+    # The package itself, offline: its dependencies are the requirements above, and the build uses their
+    # setuptools (70.1+, requirements-test.txt) instead of downloading one.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-index -e .
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,10 +1,18 @@
-"""A user's image files prepared like a dataset's images (for classify_images.py and load_model's preprocess).
+"""A user's image files made into a dataset's images (for evaluate.py --predict and load_model's preprocess).
 
-Photos and drawings look nothing like MNIST until they are prepared the way MNIST was:
-grayscale, white ink on black, the ink's bounding box scaled into 20x20 (keeping its aspect
-ratio) and placed in a 28x28 field so that its centre of mass is the centre. Fashion-MNIST's
-products were scaled to fill the field (longest side 28), so theirs is too. CIFAR-10 models get
-the image resized to 32x32 RGB. Normalization comes after (data/images.Normalizer).
+One choice, `--prepare` (PREPARATIONS), says how:
+
+    none    the image is already in the dataset's format (its size and channels; for the grayscale sets
+            light ink on black, as MNIST): taken as it is, as the exported program and the plain
+            safetensors snippet take it
+    photo   photos and drawings, which look nothing like MNIST until they are prepared the way MNIST
+            was: grayscale, white ink on black, the ink's bounding box scaled into 20x20 (keeping its
+            aspect ratio) and placed in a 28x28 field so that its centre of mass is the centre.
+            Fashion-MNIST's products were scaled to fill the field (longest side 28), so theirs is
+            too. CIFAR-10 models get the image resized to 32x32 RGB
+    auto    none for an image in the dataset's format, photo for any other (the default)
+
+Normalization comes after (data/images.Normalizer).
 """
 
 from pathlib import Path
@@ -19,6 +27,7 @@ from mnist_dist.errors import UserError, first_line
 FIELD = 28  # side of the MNIST-family images
 BOX = {"fashion-mnist": 28}  # side of the box the object is scaled into; MNIST's digits (and ours): 20
 INK_THRESHOLD = 0.2  # pixels above this fraction of the brightest ink count for the bounding box
+PREPARATIONS = ("auto", "none", "photo")  # --prepare: see the docstring above
 
 
 def flatten_alpha(image: Image.Image) -> Image.Image:
@@ -37,11 +46,32 @@ def flatten_alpha(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(paper, rgba).convert("RGB")
 
 
+def border_level(gray: np.ndarray) -> float:
+    """The background's gray level (0..255): the median of the image's outermost pixels."""
+    return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+
+
+def in_dataset_format(image: Image.Image, info: DatasetInfo) -> bool:
+    """Whether `image` is already one of the dataset's images: their size, grayscale (mode L) for the
+    MNIST family or RGB for CIFAR-10, and for the grayscale sets a dark background (light ink on black)."""
+    if image.size != (info.width, info.height) or image.mode != ("L" if info.channels == 1 else "RGB"):
+        return False
+    return info.channels == 3 or border_level(np.asarray(image, dtype=np.float64)) <= 127
+
+
+def resolve(prepare: str, image: Image.Image, info: DatasetInfo) -> str:
+    """What `prepare` (one of PREPARATIONS) means for this image: "none" or "photo"."""
+    if prepare not in PREPARATIONS:
+        raise UserError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {prepare!r}")
+    if prepare == "auto":
+        return "none" if in_dataset_format(image, info) else "photo"
+    return prepare
+
+
 def mnist_field(image: Image.Image, box: int = 20) -> np.ndarray:
     """uint8 (28, 28): white ink on black, its bounding box scaled into box x box, centred by mass."""
     gray = np.asarray(flatten_alpha(image).convert("L"), dtype=np.float64)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = np.median(border)
+    background = border_level(gray)
     if background > 127:  # dark ink on light paper: turn it into MNIST's light ink on dark
         gray, background = 255 - gray, 255 - background
     ink = np.clip(gray - background, 0, None)  # grey paper in a photo becomes black
@@ -65,11 +95,11 @@ def mnist_field(image: Image.Image, box: int = 20) -> np.ndarray:
     return field.round().clip(0, 255).astype(np.uint8)
 
 
-def prepare(path: Path, info: DatasetInfo) -> torch.Tensor:
+def read_prepared(path: Path, info: DatasetInfo, prepare: str = "auto") -> torch.Tensor:
     """uint8 (C, H, W) in the training set's format, or a one-line UserError naming the file."""
     image = open_image(path)
     try:
-        return pixels(image, info)
+        return pixels(image, info, prepare)
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
 
@@ -92,8 +122,27 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
-def pixels(image: Image.Image, info: DatasetInfo) -> torch.Tensor:
-    """uint8 (C, H, W): `image` prepared like the images of the dataset `info` describes."""
+def pixels(image: Image.Image, info: DatasetInfo, prepare: str = "auto") -> torch.Tensor:
+    """uint8 (C, H, W): `image` made into one of the images of the dataset `info` describes, as `prepare` says."""
+    if resolve(prepare, image, info) == "none":
+        return as_is(image, info)
+    return photo(image, info)
+
+
+def as_is(image: Image.Image, info: DatasetInfo) -> torch.Tensor:
+    """uint8 (C, H, W): the image's own pixels, in the dataset's channels; its size must be the dataset's."""
+    if image.size != (info.width, info.height):
+        raise UserError(
+            f"the image is {image.size[0]}x{image.size[1]}, not {info.width}x{info.height} like the {info.name} "
+            "images; prepare it as a photo (--prepare photo or auto) or resize it first"
+        )
+    mode = "L" if info.channels == 1 else "RGB"
+    values = np.array(flatten_alpha(image).convert(mode), dtype=np.uint8)  # a copy: torch gets writable memory
+    return torch.from_numpy(values).view(info.height, info.width, info.channels).permute(2, 0, 1)  # (C, H, W)
+
+
+def photo(image: Image.Image, info: DatasetInfo) -> torch.Tensor:
+    """uint8 (C, H, W): a photo or drawing prepared like the dataset's images (the module's docstring)."""
     if info.channels == 3:
         resized = flatten_alpha(image).resize((info.width, info.height), Image.Resampling.LANCZOS)
         return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)

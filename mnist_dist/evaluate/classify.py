@@ -1,7 +1,8 @@
 """Classify a user's own image files with a trained model (evaluate.py --predict).
 
-Each file is prepared like the training set's images (data/user_images.py) and normalized like
-them: the same `preprocess` that `load_model` returns.
+Each file is made into the training set's format as --prepare says (data/user_images.py: auto takes
+an image already in that format as it is and prepares any other like a photo) and normalized like
+the training images: the same `preprocess` that `load_model(path, prepare=...)` returns.
 """
 
 import json
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist.data.user_images import prepare
+from mnist_dist.data.user_images import open_image, resolve
 from mnist_dist.errors import UserError
-from mnist_dist.evaluate.trained_model import TrainedModel
+from mnist_dist.evaluate.trained_model import Preprocess, TrainedModel
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TOP = 3  # classes printed per file
@@ -31,28 +32,31 @@ def image_files(paths: list[str]) -> list[Path]:
 
 
 @torch.inference_mode()
-def classify(trained: TrainedModel, paths: list[str], as_json: bool) -> int:
+def classify(trained: TrainedModel, paths: list[str], as_json: bool, prepare: str = "auto") -> int:
     """Print the top classes of every file; return 0, or 2 when any file could not be classified."""
-    model, preprocess, info = trained.model, trained.preprocess, trained.info
+    model, preprocess, info = trained.model, Preprocess(trained.info, prepare), trained.info
     files = image_files(paths)
     if not files:
         raise UserError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     results, failed = [], 0
     for path in files:
         try:
-            image = preprocess(prepare(path, info))
+            image = open_image(path)
+            prepared = resolve(prepare, image, info)  # "none" (taken as it is) or "photo"
+            batch = preprocess(image)
         except UserError as error:
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
             failed += 1
-            print(f"error: {error}", file=sys.stderr)
-            results.append({"file": str(path), "error": str(error)})
+            print(f"error: {message}", file=sys.stderr)
+            results.append({"file": str(path), "error": message})
             continue
-        probabilities = model(image).float().softmax(dim=1)[0]
+        probabilities = model(batch).float().softmax(dim=1)[0]
         top = probabilities.topk(min(TOP, len(probabilities)))
         ranked = [
             {"class": info.class_names[i], "index": i, "probability": p}
             for p, i in zip(top.values.tolist(), top.indices.tolist())
         ]
-        results.append({"file": str(path), "predictions": ranked})
+        results.append({"file": str(path), "prepared": prepared, "predictions": ranked})
         if not as_json:
             print(f"{path}: " + ", ".join(f"{row['class']} {row['probability']:.1%}" for row in ranked))
     if as_json:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # names for the annotations only; importing them here would l
     from mnist_dist.evaluate.exact import SplitPredictions
     from mnist_dist.evaluate.trained_model import TrainedModel
 
+# data/user_images.PREPARATIONS, spelled out here: importing that module would load torch for --help.
+PREPARATIONS = ("auto", "none", "photo")
 DESCRIPTION = "Evaluate a trained run on a whole split, with a visual report; or classify your own image files."
 
 
@@ -59,10 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", help="folder for metrics.json, the figures and report.md (default: eval/ beside the weights)"
     )
-    parser.add_argument(
-        "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
-    )
-    parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
+    add_predict_options(parser)
     parser.add_argument(
         "--export",
         metavar="PATH.pt2",
@@ -77,12 +76,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return check_tasks(parser, parser.parse_args(argv))
 
 
+def add_predict_options(parser: Parser) -> None:
+    """--predict and the options that go with it."""
+    parser.add_argument(
+        "--predict", nargs="+", metavar="IMAGE", help="classify these image files or folders of images instead"
+    )
+    parser.add_argument(
+        "--prepare",
+        choices=PREPARATIONS,
+        help="with --predict: none takes each image as it is (it must have the dataset's size and channels), "
+        "photo crops, inverts and centres it like MNIST's digits, auto (default) takes an image in the dataset's "
+        "format (28x28 grayscale, light on black) as it is and prepares any other as a photo",
+    )
+    parser.add_argument("--json", action="store_true", help="with --predict: print the results as JSON")
+
+
 def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
-    """One task per call: a report, --predict (with or without --json), or --export."""
+    """One task per call: a report, --predict (with or without --json and --prepare), or --export."""
     if args.export and args.predict:
         parser.error("--export and --predict are two tasks: run evaluate.py once for each")
     if args.json and not args.predict:
         parser.error("--json goes with --predict (the evaluation report is written to metrics.json)")
+    if args.prepare and not args.predict:
+        parser.error("--prepare goes with --predict (the report and --export take the dataset's own images)")
     return args
 
 
@@ -91,7 +107,7 @@ def classify_files(args: argparse.Namespace) -> int:
     from mnist_dist.evaluate.classify import classify
     from mnist_dist.evaluate.trained_model import load_trained  # torch loads from here on (accelerate never does)
 
-    return classify(load_trained(args.checkpoint), args.predict, args.json)
+    return classify(load_trained(args.checkpoint), args.predict, args.json, args.prepare or "auto")
 
 
 def export_file(args: argparse.Namespace) -> int:
@@ -104,7 +120,8 @@ def export_file(args: argparse.Namespace) -> int:
     info = trained.info
     print(
         f"exported {trained.weights_path} to {args.export}: torch.export.load(path).module() takes uint8 images "
-        f"(N, {info.channels}, {info.height}, {info.width}) and returns logits"
+        f"(N, {info.channels}, {info.height}, {info.width}) in the dataset's format, as they are (photos are not "
+        "cropped or centred: docs/EVALUATION.md), and returns logits"
     )
     return 0
 
@@ -198,9 +215,13 @@ def report(
     `into` and `mode` are --wandb-eval and --wandb (None: the training run's choice).
     """
     from mnist_dist.evaluate import report as eval_report
+    from mnist_dist.tracking.facts import git_state
     from mnist_dist.tracking.wandb_media import log_evaluation  # imports wandb only when logging
 
-    metrics = eval_report.build_metrics(predictions, class_names, about)
+    # The code behind the numbers: the commit that trained the weights (their metadata) and the one that
+    # evaluated them ("" when not known: an older weights file, or code that no git checkout tracks).
+    commits = {"trained_git_commit": trained.trained_commit, "git_commit": "", **git_state()}
+    metrics = eval_report.build_metrics(predictions, class_names, {**about, **commits})
     eval_report.print_report(metrics)
     written = eval_report.write_report(metrics, predictions, images, trained, out_dir)
     print(f"report written to {out_dir}/: {', '.join(written)}")

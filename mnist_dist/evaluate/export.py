@@ -3,6 +3,10 @@ without this project: uint8 pixels in, logits out, the training set's normalizat
 
     program = torch.export.load("model.pt2").module()
     logits = program(images)  # uint8 (N, C, H, W), any N
+
+The program takes images in the dataset's format, as they are (`--prepare none`): it does not crop,
+invert or centre a photo, which has no fixed shape to export. A photo is prepared first, e.g. by
+load_model's `preprocess.pixels(image)`, the uint8 pixels that `--predict` classifies.
 """
 
 import io

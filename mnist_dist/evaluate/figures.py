@@ -18,7 +18,7 @@ SIZES = {  # (width, height) in inches; at 100 dpi, 8 x 7 is an 800 x 700 PNG
     "misclassified.png": (9, 7.5),
     "samples.png": (10, 7),
     "predictions.png": (12, 7.5),
-    "curves.png": (10, 4),
+    "curves.png": (14, 4),  # loss, accuracy, learning rate
 }
 CORRECT, WRONG = "#1a7f37", "#cf222e"  # green and red for right and wrong predictions
 
@@ -115,44 +115,50 @@ def predictions_with_probabilities(images: torch.Tensor, predictions, class_name
     least_sure = predictions.probabilities.max(dim=1).values.argsort()[:3].tolist()
     chosen = list(dict.fromkeys([0, 1, 2, *least_sure]))[:6]  # fromkeys drops an image that is in both, keeps order
     grid = figure.add_gridspec(3, 4, width_ratios=[1, 2.4, 1, 2.4])
-    positions = range(len(class_names))
     for slot, index in enumerate(chosen):
         row, column = slot % 3, 2 * (slot // 3)  # slots 0-2 fill the left (image, bars) pair, 3-5 the right
         show_image(figure.add_subplot(grid[row, column]), images[index])
-        bars = figure.add_subplot(grid[row, column + 1])
         true, predicted = predictions.labels[index].item(), predictions.predicted[index].item()
-        colors = ["#9aa4ad"] * len(class_names)
-        colors[predicted] = CORRECT if predicted == true else WRONG
-        bars.barh(positions, predictions.probabilities[index].tolist(), color=colors)
-        bars.set_yticks(positions, class_names, fontsize=7)
-        bars.invert_yaxis()
-        bars.set_xlim(0, 1)
-        bars.tick_params(axis="x", labelsize=7)
-        bars.set_title(f"true {class_names[true]}, predicted {class_names[predicted]}", fontsize=8)
-    figure.suptitle("class probabilities (left: the first images; right: the least confident)")
+        probability_bars(
+            figure.add_subplot(grid[row, column + 1]), predictions.probabilities[index], true, predicted, class_names
+        )
+    figure.suptitle(
+        "class probabilities (left: the first images; right: the least confident; green: true, red: a wrong prediction)"
+    )
     return save(figure, out_dir, "predictions.png")
 
 
+def probability_bars(axes, probabilities: torch.Tensor, true: int, predicted: int, class_names: list[str]) -> None:
+    """One image's class probabilities as bars: the true class green, a wrong prediction red, the rest grey;
+    on a mistake the true class's label also says "(true)", so it reads without colour."""
+    positions = range(len(class_names))
+    colors = ["#9aa4ad"] * len(class_names)
+    colors[predicted] = WRONG
+    colors[true] = CORRECT  # a right prediction: the predicted class is the true one, green
+    labels = [f"{name} (true)" if index == true != predicted else name for index, name in enumerate(class_names)]
+    axes.barh(positions, probabilities.tolist(), color=colors)
+    axes.set_yticks(positions, labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.tick_params(axis="x", labelsize=7)
+    axes.set_title(f"true {class_names[true]}, predicted {class_names[predicted]}", fontsize=8)
+
+
 def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> Path:
-    """Train and validation loss and accuracy per epoch (test, for a run that held out nothing); the
-    logged per-step train loss underneath, lighter."""
+    """Train and validation loss and accuracy per epoch (test, for a run that held out nothing), the
+    logged per-step train loss underneath, lighter, and the learning rate of the logged steps."""
     figure = new_figure("curves.png")
     steps, epochs = read_metrics_log(metrics_log) if metrics_log and metrics_log.is_file() else ([], [])
     if not epochs:
         say_nothing(figure, "no epochs in metrics.jsonl: train with train.py to get curves")
         return save(figure, out_dir, "curves.png")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    loss_axes, accuracy_axes, lr_axes = figure.subplots(1, 3)
     x = [row["epoch"] for row in epochs]
-    # An epoch line carries the global step at its end; dividing by this puts the step losses on the epoch axis.
+    # An epoch line carries the global step at its end; dividing by this puts the step rows on the epoch axis.
     steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]
+    step_x = [row["step"] / steps_per_epoch for row in steps]
     if steps:
-        loss_axes.plot(
-            [row["step"] / steps_per_epoch for row in steps],
-            [row["loss"] for row in steps],
-            color="#1f77b4",
-            alpha=0.3,
-            label="train (logged steps)",
-        )
+        loss_axes.plot(step_x, [row["loss"] for row in steps], color="#1f77b4", alpha=0.3, label="train (logged steps)")
     smoothing = f" (label smoothing {label_smoothing})" if label_smoothing else ""
     loss_axes.plot(x, [row["train_loss"] for row in epochs], "o-", color="#1f77b4", label="train" + smoothing)
     split = "val" if "val_loss" in epochs[0] else "test"
@@ -160,12 +166,26 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
     accuracy_axes.plot(x, [row["train_accuracy"] for row in epochs], "o-", color="#1f77b4", label="train")
     accuracy_axes.plot(x, [row[f"{split}_accuracy"] for row in epochs], "s-", color="#ff7f0e", label=split)
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.set_xlabel("epoch")
         axes.set_title(name)
-        axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
+    learning_rate(lr_axes, step_x, [row.get("lr") for row in steps])
+    for axes in (loss_axes, accuracy_axes, lr_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
         axes.set_xticks(x)
     return save(figure, out_dir, "curves.png")
+
+
+def learning_rate(axes, step_x: list[float], rates: list[float | None]) -> None:
+    """The learning rate of each logged step (metrics.jsonl's `lr`), on the epoch axis."""
+    axes.set_title("learning rate")
+    points = [(x, rate) for x, rate in zip(step_x, rates) if rate is not None]
+    if not points:  # a log without step lines, or from before `lr` was logged
+        axes.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=axes.transAxes)
+        return
+    axes.plot(*zip(*points), color="#6f42c1")
+    axes.set_ylim(bottom=0)
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
 
 
 def draw_all(

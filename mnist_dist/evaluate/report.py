@@ -19,6 +19,7 @@ from rich.table import Table
 
 from mnist_dist.atomic import writing
 from mnist_dist.evaluate import figures
+from mnist_dist.tracking.console import whole_line_console
 
 TOP_CONFUSED = 10  # confused pairs listed in the report
 
@@ -88,7 +89,7 @@ def build_metrics(predictions, class_names: tuple[str, ...], about: dict[str, An
 
 def print_report(metrics: dict[str, Any], console: Console | None = None) -> None:
     """The report's tables on the console: the totals, per class, the confusion matrix, the most confused pairs."""
-    console = console or Console(highlight=False)
+    console = console or whole_line_console()
     console.print(overview_table(metrics))
     console.print(per_class_table(metrics["per_class"]))
     console.print(confusion_table(metrics["confusion_matrix"], metrics["class_names"]))
@@ -177,6 +178,8 @@ def write_markdown(metrics: dict[str, Any], config: dict[str, Any], figure_names
         "",
         f"Checkpoint `{metrics['checkpoint']}`, trained on {metrics['trained_on']}.",
         "",
+        commits_markdown(metrics),
+        "",
         *overview_markdown(metrics),
         *per_class_markdown(metrics["per_class"]),
         *confused_pairs_markdown(metrics["top_confused"]),
@@ -188,6 +191,16 @@ def write_markdown(metrics: dict[str, Any], config: dict[str, Any], figure_names
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def commits_markdown(metrics: dict[str, Any]) -> str:
+    """The line that names the code: the commit that trained the weights and the one that evaluated them."""
+
+    def commit(key: str) -> str:
+        return f"`{metrics[key]}`" if metrics.get(key) else "unknown"
+
+    changes = " with uncommitted changes" if metrics.get("git_dirty") else ""
+    return f"Trained at commit {commit('trained_git_commit')}; evaluated at commit {commit('git_commit')}{changes}."
 
 
 def markdown_table(header: str, alignment: str, rows: Iterable[str]) -> list[str]:

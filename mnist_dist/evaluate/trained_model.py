@@ -3,7 +3,7 @@ model, the config it was trained with, its dataset's facts, its preprocessing an
 evaluate.py's report, `--predict`, `--export` and `from mnist_dist import load_model` all start here.
 
     model, preprocess = load_model("runs/<name>")          # or a .safetensors file, or a checkpoint folder
-    probabilities = model(preprocess(Image.open("7.png"))).softmax(dim=1)
+    probabilities = model(preprocess(Image.open("7.png"))).softmax(dim=1)  # prepare="auto": see Preprocess
 
 `path` may name a run directory (`runs/<name>`, whose `model.safetensors` is used, or else its newest
 complete `checkpoints/step-*/model.safetensors`), a checkpoint folder, or a `.safetensors` file. The
@@ -26,7 +26,7 @@ from mnist_dist.cli import read_yaml_mapping
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo, Normalizer
-from mnist_dist.data.user_images import pixels
+from mnist_dist.data.user_images import PREPARATIONS, pixels
 from mnist_dist.errors import UserError, first_line
 from mnist_dist.models import build_model
 
@@ -41,17 +41,28 @@ class CheckpointError(UserError):
 class Preprocess:
     """PIL image(s) or uint8 pixels (C, H, W) or (N, C, H, W) -> the float32 batch (N, C, H, W) the model takes.
 
-    A PIL image is prepared like the training images first (a photo of a digit becomes white ink
-    centred on black, 28x28: data/user_images.py); pixels are taken as they are.
+    A PIL image is made into the training set's format first, as `prepare` says (data/user_images.py):
+    "auto" takes an image already in that format (28x28 grayscale, light ink on black) as it is and
+    prepares any other like a photo (white ink centred on black, 28x28); "none" and "photo" choose one
+    of the two always. Pixels are taken as they are.
     """
 
     info: DatasetInfo  # input shape, mean and std, class names
+    prepare: str = "auto"  # one of data/user_images.PREPARATIONS, for PIL images
+
+    def __post_init__(self):
+        if self.prepare not in PREPARATIONS:
+            raise UserError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {self.prepare!r}")
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """uint8 (C, H, W): the image in the training set's format, what the exported program takes."""
+        return pixels(image, self.info, self.prepare)
 
     def __call__(self, images) -> torch.Tensor:
         if isinstance(images, Image.Image):
             images = [images]
         if isinstance(images, (list, tuple)):
-            images = torch.stack([pixels(image, self.info) for image in images])
+            images = torch.stack([self.pixels(image) for image in images])
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             raise UserError("preprocess takes PIL images or uint8 pixels (C, H, W) or (N, C, H, W)")
         batch = images.unsqueeze(0) if images.dim() == 3 else images
@@ -67,6 +78,7 @@ class TrainedModel:
     config: Config  # the resolved config the weights were trained with
     info: DatasetInfo  # what it was trained on: input shape, class names, mean and std
     weights_path: Path  # the .safetensors file the weights came from
+    trained_commit: str = ""  # the git commit of the code that trained them ("" when the file does not say)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -103,14 +115,18 @@ def load_trained(path: str | Path) -> TrainedModel:
     state, metadata = read_weights(weights_path)
     config = read_config(weights_path, metadata)
     info = dataset_info(config, metadata, weights_path)
-    return TrainedModel(restore_model(config, info, state, weights_path), config, info, weights_path)
+    model = restore_model(config, info, state, weights_path)
+    return TrainedModel(model, config, info, weights_path, metadata.get("git_commit", ""))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Preprocess]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", prepare: str = "auto"
+) -> tuple[torch.nn.Module, Preprocess]:
     """The model in `path` (a run directory, a checkpoint folder or a .safetensors file), on `device`
-    in eval mode, and the `preprocess` that turns images into its input. Bad input: a UserError."""
+    in eval mode, and the `preprocess` that turns images into its input (`prepare`: how it treats a PIL
+    image, "auto", "none" or "photo", as evaluate.py --prepare). Bad input: a UserError."""
     trained = load_trained(path)
-    return trained.model.to(device), trained.preprocess
+    return trained.model.to(device), Preprocess(trained.info, prepare)
 
 
 def find_weights(path: Path) -> Path:

@@ -29,7 +29,9 @@ def build_parser() -> Parser:
     args.add_argument("index", type=int, help="the array task id, 0 to size - 1")
     summarize = commands.add_parser("summarize", help="a table of a sweep's runs, best first")
     summarize.add_argument("folder", help="the sweep folder, runs/<sweep name>")
-    summarize.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    summarize.add_argument(
+        "--json", action="store_true", help="print the rows as JSON instead of a table (the PNG is drawn all the same)"
+    )
     summarize.add_argument(
         "--plot", metavar="PNG", help="where to draw the metric against each parameter (default: <folder>/sweep.png)"
     )
@@ -50,21 +52,20 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summarize(folder: Path, as_json: bool, plot_path: str | None) -> None:
-    from rich.console import Console  # rich and matplotlib load only for the summary
-
-    from mnist_dist.sweep.status import plot, read_sweep_folder, show_table
+    """The table (or JSON) of the sweep's runs, and its PNG: where it was drawn, or why none was."""
+    from mnist_dist.sweep.plot import plot, why_no_plot
+    from mnist_dist.sweep.status import read_sweep_folder, show_table
+    from mnist_dist.tracking.console import whole_line_console  # rich and matplotlib load only for the summary
 
     sweep, rows = read_sweep_folder(folder)
-    # The table's PNG goes beside it unless --plot says where; --json draws one only when asked.
-    picture = Path(plot_path) if plot_path else None if as_json else folder / "sweep.png"
-    if picture is not None:
-        plot(sweep, rows, picture)
+    no_plot = why_no_plot(sweep, rows)
+    picture = None if no_plot else plot(sweep, rows, Path(plot_path) if plot_path else folder / "sweep.png")
     if as_json:
-        report = {"sweep": sweep.name, "metric": sweep.metric, "plot": picture and str(picture), "runs": rows}
-        print(json.dumps(report, indent=2))
+        report = {"sweep": sweep.name, "metric": sweep.metric, "plot": picture and str(picture), "no_plot": no_plot}
+        print(json.dumps(report | {"runs": rows}, indent=2))
         return
-    show_table(sweep, rows, Console())
-    print(f"plot: {picture}")
+    show_table(sweep, rows, whole_line_console())
+    print(f"plot: {picture}" if picture else f"no plot: {no_plot}")
 
 
 def main(argv: list[str] | None = None) -> int:

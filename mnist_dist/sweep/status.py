@@ -1,6 +1,6 @@
 """What a sweep's runs have done so far, read from their folders alone (no W&B, no SLURM): one row
-per run with its parameters, the sweep's metric, its status and its time; a rich table, JSON, and a
-PNG of the metric against each parameter.
+per run with its parameters, the sweep's metric, its status and its time; a rich table of the
+parameters that vary (the others said once, below it) and JSON (the PNG: sweep/plot.py).
 
 A sweep folder is what launch/slurm/sweep.sbatch writes: runs/<sweep>/sweep.yaml (the sweep file,
 copied by the first task) and one run folder per task, runs/<sweep>/<task>/.
@@ -12,21 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from mnist_dist.atomic import replace_atomically
 from mnist_dist.checkpoint.layout import newest_checkpoint
 from mnist_dist.checkpoint.run_lock import LOCK_FILE, STALE_SECONDS
 from mnist_dist.sweep.spec import Sweep, SweepError, read_sweep
 
 SWEEP_FILE = "sweep.yaml"  # the sweep file's copy in the sweep folder
+# What summary.json's `seconds` measure, said under the table: a resumed run's earlier jobs, the setup,
+# the data loading and the final test are not in them.
+LOOP_SECONDS = "loop s: seconds of the training loop, in the job that finished the run (summary.json's seconds)"
 
 
 def read_sweep_folder(folder: Path) -> tuple[Sweep, list[dict]]:
-    """The sweep and one row per run folder: task, status, metric, seconds, parameters."""
+    """The sweep and one row per run folder: task, status, metric, loop_seconds, parameters."""
     if not (folder / SWEEP_FILE).is_file():
         raise SweepError(
             f"{folder} has no {SWEEP_FILE}: pass a sweep folder, runs/<sweep name>, "
@@ -55,7 +55,7 @@ def run_row(sweep: Sweep, run_dir: Path) -> dict:
         "task": run_dir.name,
         "status": status_of(run_dir, summary is not None),
         "metric": metric,
-        "seconds": summary.get("seconds") if summary else None,
+        "loop_seconds": summary.get("seconds") if summary else None,  # LOOP_SECONDS says what they measure
         "parameters": {name: config.get(name.replace("-", "_")) for name in sweep.parameters},
         "run_dir": str(run_dir),
     }
@@ -88,45 +88,28 @@ def status_of(run_dir: Path, finished: bool) -> str:
     return "stopped" if newest_checkpoint(run_dir) else "failed"
 
 
+def varying(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """The parameters whose value is not the same in every run, in the sweep file's order."""
+    return [name for name in sweep.parameters if len({shown(row["parameters"][name]) for row in rows}) > 1]
+
+
 def show_table(sweep: Sweep, rows: list[dict], console: Console) -> None:
+    """A row per run, best first: the metric, the parameters that vary; the others named once under it."""
+    names = varying(sweep, rows)
+    same = [f"{name} {shown(rows[0]['parameters'][name])}" for name in sweep.parameters if rows and name not in names]
     goal = "highest" if sweep.maximize else "lowest"
     table = Table(title=f"sweep {sweep.name}: {len(rows)} runs, {sweep.metric} ({goal} first)")
-    for column in ("task", sweep.metric, *sweep.parameters, "status", "seconds"):
+    for column in ("task", sweep.metric, *names, "status", "loop s"):
         table.add_column(column, justify="left" if column in ("task", "status") else "right")
     for row in rows:
         metric = "-" if row["metric"] is None else f"{row['metric']:.4f}"
-        seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
-        values = [shown(row["parameters"][name]) for name in sweep.parameters]
+        seconds = "-" if row["loop_seconds"] is None else f"{row['loop_seconds']:.1f}"
+        values = [shown(row["parameters"][name]) for name in names]
         table.add_row(row["task"], metric, *values, row["status"], seconds)
     console.print(table)
+    notes = ["same in every run: " + ", ".join(same)] if same else []
+    console.print("\n".join([*notes, LOOP_SECONDS]), soft_wrap=True, markup=False, highlight=False)  # whole lines
 
 
 def shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def plot(sweep: Sweep, rows: list[dict], path: Path) -> Path:
-    """One panel per parameter: the metric of each run against the parameter's value (a log axis for
-    log_uniform_values; categories in the order the sweep file lists them)."""
-    names = list(sweep.parameters)
-    figure = Figure(figsize=(3.2 * len(names), 3.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    scored = [row for row in rows if row["metric"] is not None]
-    for axes, name in zip(figure.subplots(1, len(names), squeeze=False)[0], names):
-        values = [row["parameters"][name] for row in scored]
-        spec = sweep.parameters[name]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            axes.scatter(values, [row["metric"] for row in scored])
-            if spec.get("distribution") == "log_uniform_values":
-                axes.set_xscale("log")
-        else:  # categories: positions in the sweep file's order
-            categories = [str(v) for v in spec.get("values", [spec.get("value")])]
-            categories += sorted({str(v) for v in values} - set(categories))  # as config.yaml spells them
-            axes.scatter([categories.index(str(v)) for v in values], [row["metric"] for row in scored])
-            axes.set_xticks(range(len(categories)), categories, rotation=30)
-        axes.set_xlabel(name)
-        axes.set_ylabel(sweep.metric)
-    figure.suptitle(f"sweep {sweep.name}")
-    save = lambda temporary: figure.savefig(temporary, dpi=100, format="png")  # noqa: E731
-    replace_atomically(path, save, fix="pass --plot with a writable path")  # a failed write: one error line
-    return path

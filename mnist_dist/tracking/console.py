@@ -1,7 +1,10 @@
-"""What a person sees: the config table, progress per epoch, a row per epoch, a final summary.
+"""What a person sees: the config table, progress per epoch, a row per epoch, a final summary, and
+what the run wrote and what to run next.
 
 Only the main process prints; on the others every method is a no-op. When stdout is not a
-terminal (SLURM logs, CI, pipes) the live bar becomes a plain line every `log_every` steps.
+terminal (SLURM logs, CI, pipes) the live bar becomes a plain line at every tenth of the epoch, and
+the console is as wide as its widest line: a log keeps whole values (a 40-digit git commit, a long
+run folder), never cut or wrapped at 80 columns as rich does for a file.
 """
 
 from typing import Any
@@ -13,6 +16,26 @@ from rich.table import Table
 from mnist_dist.config import FIELDS, Config
 from mnist_dist.recipes import recipe
 
+LOG_WIDTH = 10_000  # columns of a console that is not a terminal: wider than any line a run prints
+
+
+def whole_line_console() -> Console:
+    """A rich Console whose lines and tables stay whole where stdout is not a terminal (a SLURM .out
+    file, a pipe): rich would otherwise fit them to 80 columns, cutting values with an ellipsis."""
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = LOG_WIDTH
+    return console
+
+
+def epochs_trained(epochs: int, steps: int, steps_per_epoch: int) -> str:
+    """The summary's epochs: '3' for whole epochs; where --max-steps (or a dry run) ended one early,
+    the fraction and where it stopped: '0.25 (5 of epoch 1's 20 steps)'."""
+    into_next = steps - epochs * steps_per_epoch  # optimizer steps taken in the epoch that did not finish
+    if not 0 < into_next < steps_per_epoch:
+        return str(epochs)
+    return f"{steps / steps_per_epoch:.2f} ({into_next} of epoch {epochs + 1}'s {steps_per_epoch} steps)"
+
 
 def epoch_columns(split: str) -> tuple[str, ...]:
     """The epoch table's header; `split`: the evaluated one, val (or test when nothing is held out)."""
@@ -22,7 +45,7 @@ def epoch_columns(split: str) -> tuple[str, ...]:
 class TrainingConsole:
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
+        self.console = whole_line_console()
         self.live = self.console.is_terminal
         self.progress: Progress | None = None
         self.epoch_rows: list[tuple[str, ...]] = []
@@ -69,12 +92,17 @@ class TrainingConsole:
             self.task = self.progress.add_task(self.epoch_label, total=steps, completed=completed, loss="-", speed="-")
             self.progress.start()
 
+    @property
+    def shows_bar(self) -> bool:
+        """Whether a live bar is on screen (a terminal, inside an epoch): only then is a loss read for it."""
+        return self.progress is not None
+
     def advance(self) -> None:
         if self.progress is not None:
             self.progress.advance(self.task)
 
     def show_speed(self, loss: float, samples_per_second: float) -> None:
-        """The live bar's loss and speed (a terminal only)."""
+        """The live bar's loss and speed (a terminal only): the mean loss per sample and samples/s since the last."""
         if self.progress is not None:
             self.progress.update(self.task, loss=f"{loss:.4f}", speed=f"{samples_per_second:,.0f}")
 
@@ -121,7 +149,7 @@ class TrainingConsole:
             facts["last val accuracy"] = f"{results['last_val_accuracy']:.2%} (last weights, step {results['steps']})"
         facts |= {
             "test loss": f"{results['test_loss']:.4f}",
-            "epochs": results["epochs"],
+            "epochs": epochs_trained(results["epochs"], results["steps"], results["steps_per_epoch"]),
             "optimizer steps": results["steps"],
             "seconds": results["seconds"],
             "run dir": run_dir or "(dry run: nothing written)",
@@ -132,3 +160,14 @@ class TrainingConsole:
         for key, value in facts.items():
             totals.add_row(key, value if isinstance(value, str) else f"{value:,.4g}")
         self.console.print(totals)
+
+    def closing(self, run_dir: str, written: list[str], commands: list[tuple[str, str]]) -> None:
+        """The run's last lines: the files `written` in `run_dir`, then each of `commands` (the command,
+        what it does) to run next, as evaluate.py ends with the files of its report."""
+        if not self.enabled:
+            return
+        self.console.print(f"run written to {run_dir}/: {', '.join(written)}", markup=False)
+        self.console.print("next:")
+        width = max(len(command) for command, _ in commands)
+        for command, purpose in commands:
+            self.console.print(f"  {command:<{width}}  # {purpose}", markup=False)

@@ -85,7 +85,8 @@ class Trainer:
                 evaluation = self.end_epoch({**over_ranks, "seconds": 0.0, "samples_per_second": 0.0})
         if self.selection.stopped_early() and not self.length.reached(self.state):
             since = self.state.epochs_since_best
-            self.console.print(f"early stopping: no better validation accuracy for {since} epochs")
+            epochs = "1 epoch" if since == 1 else f"{since} epochs"
+            self.console.print(f"early stopping: no better validation accuracy for {epochs}")
         if evaluation is None:  # resumed a run that had trained all its steps
             evaluation = self.splits.evaluate(self.module)
         return evaluation

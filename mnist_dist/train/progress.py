@@ -3,7 +3,8 @@ steps (metrics.jsonl and W&B), and on the console the live bar (a terminal) or, 
 every tenth of the epoch's optimizer steps (gradient accumulation included) with the loss, samples/s
 and the time left in the epoch.
 
-The epoch's loss sum lives on the device; it is read (a host sync) only when a row or a line is due.
+The epoch's loss sum lives on the device; it is read (a host sync) only when a row or a line is due,
+and for the live bar after the epoch's first step and then at most every BAR_SECONDS.
 """
 
 import math
@@ -15,6 +16,9 @@ from mnist_dist.tracking.console import TrainingConsole
 from mnist_dist.tracking.tracker import Tracker
 
 LINES_PER_EPOCH = 10
+# The live bar's loss and speed: a fresh reading every half second is what a person can follow, and one
+# host sync per half second costs nothing next to the steps in between.
+BAR_SECONDS = 0.5
 
 
 class Interval:
@@ -25,6 +29,10 @@ class Interval:
 
     def restart(self, loss_sum: float) -> None:
         self.loss_sum, self.samples, self.started = loss_sum, 0, time.perf_counter()
+
+    def seconds(self) -> float:
+        """Since the last reading."""
+        return time.perf_counter() - self.started
 
     def read(self, loss_sum: float, world_size: int) -> tuple[float, float]:
         """(mean loss per sample, samples/s over all processes) since the last reading; starts the next."""
@@ -46,20 +54,21 @@ class ProgressReport:
         self.every_line = math.ceil(last_step / LINES_PER_EPOCH)  # optimizer steps between lines
         self.console.start_epoch(epoch, epochs, last_step, completed=first_step - 1)
         loss = loss_sum.item()
-        self.row, self.line = Interval(loss), Interval(loss)
+        self.row, self.line, self.bar = Interval(loss), Interval(loss), Interval(loss)
         self.started = time.perf_counter()
 
     def after_step(self, step: int, step_in_epoch: int, samples: int, loss_sum: torch.Tensor, lr: float) -> None:
         """After global optimizer `step`, the `step_in_epoch`-th of the epoch, which trained `samples` here."""
-        self.row.samples += samples
-        self.line.samples += samples
+        for interval in (self.row, self.line, self.bar):
+            interval.samples += samples
         self.console.advance()
+        if self.console.shows_bar and (step_in_epoch == self.first_step or self.bar.seconds() >= BAR_SECONDS):
+            self.console.show_speed(*self.bar.read(loss_sum.item(), self.world_size))
         if step % self.log_every == 0:
             loss, speed = self.row.read(loss_sum.item(), self.world_size)
             self.tracker.log(
                 "step", step, {"epoch": self.epoch + 1, "loss": loss, "lr": lr, "samples_per_second": speed}
             )
-            self.console.show_speed(loss, speed)
         if step_in_epoch % self.every_line == 0 and step_in_epoch < self.last_step:  # the epoch row ends it
             loss, speed = self.line.read(loss_sum.item(), self.world_size)
             done = step_in_epoch - self.first_step + 1

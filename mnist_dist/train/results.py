@@ -55,13 +55,20 @@ def epoch_row(epoch: int, train: dict, evaluation: EvalResult, split: str) -> di
 
 
 def final_results(
-    state: TrainingState, last: EvalResult, test: EvalResult, kept_step: int, seconds: float, facts: dict
+    state: TrainingState,
+    last: EvalResult,
+    test: EvalResult,
+    kept_step: int,
+    seconds: float,
+    facts: dict,
+    steps_per_epoch: int,
 ) -> dict:
     """summary.json: the kept weights' test loss and accuracy (and validation accuracy, when a
     validation split chose them), the last weights' validation accuracy, how far training went, its
     seconds, and the system facts.
 
     `last`: the last epoch's evaluation (on the validation split when there is one, else on test).
+    "epochs" counts whole epochs; with "steps" and "steps_per_epoch" it tells where --max-steps stopped.
     """
     chosen = state.best_step >= 0  # a validation split chose the weights
     selection = {"kept": "best" if chosen else "last", "kept_step": kept_step}
@@ -73,6 +80,7 @@ def final_results(
         **selection,
         "epochs": state.epoch,
         "steps": state.step,
+        "steps_per_epoch": steps_per_epoch,
         "seconds": seconds,
         **facts,
     }

@@ -38,6 +38,11 @@ FINISHED = {
     "DEADLINE",
     "PREEMPTED",
 }
+# The node has 2 CPUs whatever the machine has (fewer if it has fewer): the smallest node a user
+# meets, on which the CPU job scripts must start as written (a larger request pends for ever).
+NODE_CPUS = min(2, os.cpu_count() or 1)
+# Why a pending job can never start on this cluster (its request is larger than the node).
+NEVER_STARTS = {"PartitionConfig", "PartitionNodeLimit", "BadConstraints"}
 # Marks every process of this cluster (daemons, job steps, training processes) in its environment.
 MARKER = "MNIST_DIST_TEST_SLURM"
 
@@ -140,7 +145,7 @@ KillWait=10
 # Schedule pending jobs (a requeued one, once its wait is over) within a second or two.
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb() * 9 // 10} State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={memory_mb() * 9 // 10} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 
@@ -208,6 +213,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             record = self.job(job_id)
             if record["JobState"] in states:
                 return record
+            if record["JobState"] == "PENDING" and record.get("Reason") in NEVER_STARTS:
+                raise AssertionError(
+                    f"job {job_id} can never start on this {NODE_CPUS}-CPU node: PENDING ({record['Reason']})"
+                )
             if record["JobState"] in FINISHED:
                 raise AssertionError(
                     f"job {job_id} ended {record['JobState']} (exit {record.get('ExitCode')}), not {states}"

@@ -2,14 +2,20 @@
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import REPO, assert_clean_error, error_lines, run_script, summary, train_into
 from PIL import Image, ImageDraw
+from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mnist_dist import load_model
+from mnist_dist.checkpoint.weights import model_metadata, weights_bytes
+from mnist_dist.config import make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.user_images import mnist_field
 from mnist_dist.evaluate.figures import DPI, SIZES
@@ -56,6 +62,15 @@ def test_report_agrees_with_training_and_prints_every_table(one_process, run_dir
     assert [row["name"] for row in metrics["per_class"]] == [str(digit) for digit in range(10)]
     for title in ("accuracy", "per class", "confusion matrix", "most confused", "report written to"):
         assert title in result.stdout
+
+
+def test_metrics_json_and_report_md_name_the_commits_that_trained_and_evaluated(one_process, run_dir):
+    out = one_process[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert metrics["git_commit"] == head and isinstance(metrics["git_dirty"], bool)
+    assert metrics["trained_git_commit"] == summary(run_dir)["git_commit"] == head
+    assert f"Trained at commit `{head}`; evaluated at commit `{head}`" in (out / "report.md").read_text()
 
 
 def test_two_processes_write_exactly_the_numbers_of_one(one_process, run_dir, tmp_path):
@@ -184,3 +199,78 @@ def test_a_dataset_the_model_cannot_read_is_refused_before_loading(run_dir, tmp_
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "cannot classify cifar10" in lines[0] and "3x32x32" in lines[0]
     assert not (tmp_path / "empty").exists()  # refused before any download was tried
+
+
+# Four paths from an image file to a class: evaluate.py --predict, load_model's preprocess and model, the
+# exported program, and the arithmetic of docs/EVALUATION.md's plain safetensors snippet. A linear model
+# whose weights look at two regions (built here, no training) tells an image taken as it is from one
+# cropped and centred: ink in the top-left 12x12 says 7, ink in the central 12x12 says 2.
+TOP_LEFT, CENTRE = (slice(0, 12), slice(0, 12)), (slice(8, 20), slice(8, 20))
+
+
+def two_region_weights(path) -> Path:
+    """A linear model on digits (weights file with its metadata) that answers 7 or 2 by where the ink is."""
+    weight = torch.zeros(10, 28, 28)
+    weight[7][TOP_LEFT], weight[2][CENTRE] = 1.0, 1.0
+    bias = torch.full((10,), -1000.0)  # every other class loses
+    bias[7] = bias[2] = 0.0
+    config = make_config({"model": "linear", "dataset": "digits"})
+    weights = {"1.weight": weight.view(10, 784), "1.bias": bias}
+    path.write_bytes(weights_bytes(weights, model_metadata(config, INFO["digits"], step=1)))
+    return path
+
+
+def plain_snippet_class(weights_path, image_path) -> int:
+    """docs/EVALUATION.md's plain PyTorch lines: the file's weights and metadata, the image's own pixels."""
+    with safe_open(str(weights_path), framework="pt") as file:
+        about = file.metadata()
+        weights = {name: file.get_tensor(name) for name in file.keys()}
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    model.load_state_dict(weights)
+    pixels = torch.from_numpy(np.array(Image.open(image_path).convert("L"))).float()
+    mean, std = json.loads(about["mean"])[0], json.loads(about["std"])[0]
+    with torch.no_grad():
+        return model(((pixels / 255 - mean) / std).view(1, 1, 28, 28)).argmax().item()
+
+
+def predicted_classes(weights_path, image_path, program_input, capsys) -> list[int]:
+    """The class each of the four paths gives; the exported program and the snippet read `program_input`."""
+    assert main("--checkpoint", weights_path, "--predict", image_path, "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    model, preprocess = load_model(weights_path)
+    program = torch.export.load(weights_path.parent / "model.pt2").module()
+    pixels = torch.from_numpy(np.array(Image.open(program_input).convert("L"))).view(1, 1, 28, 28)
+    with torch.no_grad():
+        loaded = model(preprocess(Image.open(image_path))).argmax().item()
+        exported = program(pixels).argmax().item()
+    return [int(row["predictions"][0]["class"]), loaded, exported, plain_snippet_class(weights_path, program_input)]
+
+
+def test_every_path_classifies_an_image_in_the_datasets_format_as_it_is(tmp_path, capsys):
+    weights_path = two_region_weights(tmp_path / "model.safetensors")
+    assert main("--checkpoint", weights_path, "--export", tmp_path / "model.pt2") == 0
+    assert "in the dataset's format, as they are" in capsys.readouterr().out  # the export says what it takes
+    field = np.zeros((28, 28), dtype=np.uint8)
+    field[2:8, 2:8] = 255  # white ink on black in the top-left corner, 28x28 grayscale: MNIST's format
+    Image.fromarray(field).save(tmp_path / "as-dataset.png")
+    assert predicted_classes(weights_path, tmp_path / "as-dataset.png", tmp_path / "as-dataset.png", capsys) == [7] * 4
+    # A photo-like image (dark ink on light paper, off-centre, another size) is prepared as a photo: its ink is
+    # cropped and centred. The exported program and the snippet take its prepared pixels (preprocess.pixels).
+    canvas = Image.new("L", (200, 150), 230)
+    ImageDraw.Draw(canvas).rectangle([20, 15, 60, 55], fill=20)
+    canvas.save(tmp_path / "photo.png")
+    prepared = load_model(weights_path)[1].pixels(Image.open(tmp_path / "photo.png"))
+    Image.fromarray(prepared[0].numpy()).save(tmp_path / "photo-prepared.png")
+    assert predicted_classes(weights_path, tmp_path / "photo.png", tmp_path / "photo-prepared.png", capsys) == [2] * 4
+    # The one documented option: --prepare photo crops and centres even an image in the dataset's format.
+    assert main("--checkpoint", weights_path, "--predict", tmp_path / "as-dataset.png", "--prepare", "photo") == 0
+    assert "as-dataset.png: 2 " in capsys.readouterr().out
+    assert load_model(weights_path, prepare="photo")[1](Image.open(tmp_path / "as-dataset.png")).shape == (1, 1, 28, 28)
+
+
+def test_prepare_none_refuses_an_image_of_another_size_in_one_line(tmp_path, capsys):
+    weights_path = two_region_weights(tmp_path / "model.safetensors")
+    Image.new("L", (200, 150), 230).save(tmp_path / "photo.png")
+    assert main("--checkpoint", weights_path, "--predict", tmp_path / "photo.png", "--prepare", "none") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert str(tmp_path / "photo.png") in line and "200x150, not 28x28" in line and "--prepare photo" in line

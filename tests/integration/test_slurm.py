@@ -28,18 +28,21 @@ WEIGHTS_DIFFER = "weights differ from the uninterrupted job"
 
 
 class Job:
-    """One sbatch submission of a script in launch/slurm/, with its run dir and log."""
+    """One sbatch submission of a script in launch/slurm/, with its run dir and log: options None
+    submits the script as written (no sbatch option), its log where its #SBATCH --output puts it."""
 
     def __init__(
-        self, cluster: SlurmCluster, script: str, folder: Path, data_dir: Path, options=(), extra=(), env=None
+        self, cluster: SlurmCluster, script: str, folder: Path, data_dir: Path, options=None, extra=(), env=None
     ):
         self.cluster = cluster
         self.run_dir = folder / "run"
-        self.log = folder / "job.out"
         command = [f"launch/slurm/{script}", *ARGS, "--data-dir", data_dir, "--run-dir", self.run_dir, *extra]
         # Unbuffered: the log shows how far a job got. No W&B account: offline or disabled only.
         environment = {"PYTHONUNBUFFERED": "1", "WANDB_API_KEY": "", **(env or {})}
-        self.id = cluster.sbatch(command, [f"--output={self.log}", *options], cwd=REPO, env=environment)
+        if options is not None:
+            options = [f"--output={folder / 'job.out'}", *options]
+        self.id = cluster.sbatch(command, options or [], cwd=REPO, env=environment)
+        self.log = Path(cluster.job(self.id)["StdOut"])  # with sbatch's %x and %j filled in
 
     def wait_for_file(self, path: Path, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -69,12 +72,14 @@ class Job:
 
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, data_dir, tmp_path_factory) -> Job:
-    """cpu.sbatch with 2 tasks, not interrupted: the reference for the preempted jobs."""
-    job = Job(
-        cluster, "cpu.sbatch", tmp_path_factory.mktemp("uninterrupted"), data_dir, ["--ntasks=2", "--cpus-per-task=1"]
-    )
-    job.wait_until_completed()
-    return job
+    """cpu.sbatch as written (2 tasks x 1 CPU, its log in slurm-logs/), not interrupted: the
+    reference for the preempted jobs, which ask for 2 tasks x 1 CPU themselves."""
+    job = Job(cluster, "cpu.sbatch", tmp_path_factory.mktemp("uninterrupted"), data_dir)
+    try:
+        job.wait_until_completed()
+        yield job
+    finally:
+        job.log.unlink(missing_ok=True)  # the log is in the repository's slurm-logs/: leave it as it was
 
 
 def test_job_scripts_pass_bash_n_and_shellcheck():
@@ -92,8 +97,23 @@ def test_job_scripts_pass_bash_n_and_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
-def test_cpu_sbatch_with_two_tasks_trains_one_two_process_group(uninterrupted):
+def test_every_job_script_logs_into_the_kept_slurm_logs_folder():
+    # sbatch does not create the --output folder: a job whose folder is missing fails with no log.
+    outputs = {
+        script.name: re.findall(r"^#SBATCH --output=(.*)$", script.read_text(), re.M)
+        for script in SCRIPTS.glob("*.sbatch")
+    }
+    assert all(len(found) == 1 and found[0].startswith("slurm-logs/") for found in outputs.values()), outputs
+    assert (REPO / "slurm-logs").is_dir()
+
+
+def test_cpu_sbatch_as_written_starts_on_a_two_cpu_node_and_logs_in_slurm_logs(uninterrupted):
+    # No sbatch option: the #SBATCH lines alone must fit the smallest node (a larger request stays
+    # PENDING (PartitionConfig), which the wait reports at once), and the log must land in the ignored
+    # slurm-logs/ folder, not in the repository root.
     job = uninterrupted
+    assert job.log.parent == REPO / "slurm-logs" and job.log.name == f"mnist-cpu-{job.id}.out"
+    assert subprocess.run(["git", "check-ignore", "-q", job.log], cwd=REPO).returncode == 0, "log not in .gitignore"
     summary = job.summary()
     assert summary["world_size"] == 2 and summary["steps"] == 240
     assert summary["test_accuracy"] > 0.5

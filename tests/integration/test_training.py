@@ -38,6 +38,10 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100, 150]  # 18,000 / (2 x 50) steps
     assert set(load_file(run_dir / "model.safetensors")) >= {"0.weight", "9.bias"}
     assert "(best weights, step 180)" in result.stdout  # the summary table
+    # A log (not a terminal) keeps whole values, uncut at 80 columns, and ends with the files and next commands.
+    assert results["git_commit"] in result.stdout
+    assert "model.safetensors, last.safetensors, summary.json, metrics.jsonl" in result.stdout
+    assert f"python evaluate.py --checkpoint {run_dir}" in result.stdout
 
 
 # SGD with no schedule, label smoothing or weight decay: each run takes the same steps on the same samples.

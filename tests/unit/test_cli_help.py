@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from helpers import REPO
 
-from mnist_dist.cli import OPTION_GROUPS, Parser, build_parser
+from mnist_dist.cli import OPTION_GROUPS, Parser, build_parser, examples_text, parse_config
 from mnist_dist.config import CHOICES, FIELDS
 from mnist_dist.errors import ConfigError
 
@@ -90,3 +90,26 @@ def test_help_groups_appear_in_order_after_the_usage_line():
 def test_an_error_points_to_the_help_of_the_command_that_was_run(prog, command):
     with pytest.raises(ConfigError, match=f"See {command} --help.$"):
         Parser(prog=prog).error("argument --epochs: expected one argument")
+
+
+def test_help_says_a_flag_beats_the_config_file_beats_the_recipe_beats_the_default():
+    text = " ".join(help_text("train.py").split("\noptions:")[0].split())  # the description, unwrapped
+    assert "A flag given here beats the --config file, which beats the model's recipe" in text
+    assert text.index("recipe") < text.index("beats the option's default")
+    assert "else the flag" not in text
+
+
+def test_help_ends_with_examples_each_a_valid_command_line(monkeypatch):
+    text = help_text("train.py")
+    examples = text[text.index("\nexamples:\n") :]
+    assert text.index("\nexamples:\n") > text.index("\nrun:\n")  # after every option group
+    commands = [line.split("#")[0].split() for line in examples.splitlines() if line.startswith("  python train.py")]
+    assert len(commands) >= 5 and ["python", "train.py", "--dry-run"] in commands
+    monkeypatch.chdir(REPO)  # the examples name configs/ from the repository root
+    for command in commands:
+        parse_config(command[2:])  # every flag exists and every value is valid
+
+
+def test_the_installed_commands_help_shows_the_examples_with_its_own_name():
+    text = examples_text("mnist-dist-train")
+    assert "  mnist-dist-train --dry-run " in text and "train.py" not in text

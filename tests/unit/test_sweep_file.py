@@ -117,7 +117,8 @@ def test_the_command_line_prints_size_and_points_and_ends_bad_input_in_one_line(
 
 
 def test_summarize_reads_each_runs_status_metric_and_parameters_from_its_folder(tmp_path):
-    from mnist_dist.sweep.status import plot, read_sweep_folder
+    from mnist_dist.sweep.plot import plot
+    from mnist_dist.sweep.status import read_sweep_folder
 
     write(tmp_path, "name: s\nmethod: grid\nparameters:\n  lr: {values: [0.1, 0.2, 0.3, 0.4]}\n")
     for task, lr in enumerate((0.1, 0.2, 0.3, 0.4)):
@@ -135,5 +136,5 @@ def test_summarize_reads_each_runs_status_metric_and_parameters_from_its_folder(
         ("2", "stopped", None),
         ("3", "failed", None),
     ]
-    assert rows[0]["parameters"] == {"lr": 0.2} and rows[1]["seconds"] == 12.0
+    assert rows[0]["parameters"] == {"lr": 0.2} and rows[1]["loop_seconds"] == 12.0
     assert plot(sweep, rows, tmp_path / "sweep.png").stat().st_size > 0

@@ -3,8 +3,10 @@ file with its metadata, a run folder, a run stopped at a checkpoint, and the one
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save
 
 from mnist_dist import load_model
@@ -12,8 +14,11 @@ from mnist_dist.checkpoint.layout import COMPLETE
 from mnist_dist.checkpoint.weights import cpu_weights, model_metadata, weights_bytes
 from mnist_dist.cli import yaml_text
 from mnist_dist.config import make_config
+from mnist_dist.data import user_images
 from mnist_dist.data.datasets import INFO
+from mnist_dist.data.user_images import in_dataset_format
 from mnist_dist.errors import UserError
+from mnist_dist.evaluate import command
 from mnist_dist.evaluate.trained_model import CheckpointError, Preprocess, load_trained
 from mnist_dist.models import build_model
 
@@ -126,3 +131,19 @@ def test_a_dataset_of_another_shape_is_refused_and_one_of_the_same_accepted(tmp_
     assert trained.check_fits("mnist") == INFO["mnist"]
     with pytest.raises(CheckpointError, match="cannot classify cifar10 .3x32x32"):
         trained.check_fits("cifar10")
+
+
+def test_auto_takes_an_image_in_the_datasets_format_as_it_is_and_prepares_any_other(tmp_path):
+    preprocess = load_model(save_weights(tmp_path / "model.safetensors", linear_weights(seed=7)))[1]
+    field = np.zeros((28, 28), dtype=np.uint8)
+    field[1:6, 1:6] = 255  # light ink on black in a corner, 28x28 grayscale: digits' format
+    assert torch.equal(preprocess.pixels(Image.fromarray(field))[0], torch.from_numpy(field))
+    assert not torch.equal(Preprocess(INFO_IN_FILE, "photo").pixels(Image.fromarray(field))[0], torch.from_numpy(field))
+    for other in (Image.fromarray(255 - field), Image.fromarray(field).convert("RGB"), Image.new("L", (30, 28))):
+        assert not in_dataset_format(other, INFO["digits"])  # dark on light, RGB, another size: photos
+    with pytest.raises(UserError, match="prepare must be one of auto, none, photo"):
+        load_model(tmp_path / "model.safetensors", prepare="crop")
+
+
+def test_evaluate_offers_the_preparations_of_user_images():
+    assert command.PREPARATIONS == user_images.PREPARATIONS  # spelled twice: command.py must not load torch
