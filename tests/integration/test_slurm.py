@@ -194,3 +194,16 @@ def test_gpu_script_without_gpus_fails_with_a_clear_message(cluster, data_dir, t
     record = cluster.wait_for_job(job.id, {"FAILED"}, timeout=60)
     assert record["ExitCode"] == "2:0"
     assert "error: this job has no GPUs: request them with --gpus-per-node, or set NPROC_PER_NODE" in job.output()
+
+
+def test_an_error_of_every_rank_under_srun_is_said_once(cluster, data_dir, tmp_path):
+    # srun starts the 2 tasks itself (cpu.sbatch): whichever meets the bad option first says it, and
+    # --kill-on-bad-exit ending the other cannot swallow the line (errors.report_error, issue 26).
+    job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, extra=["--optimizer", "sgdd"])
+    try:
+        record = cluster.wait_for_job(job.id, {"FAILED"}, timeout=90)
+        assert record["ExitCode"] == "2:0", job.output()
+        lines = [line for line in job.output().splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "unknown optimizer 'sgdd'" in lines[0], job.output()
+    finally:
+        job.log.unlink(missing_ok=True)  # the repository's slurm-logs/ keeps no test's log
