@@ -20,7 +20,7 @@ if [ ! -f "$stamp" ]; then
     echo "Installing requirements into .venv (torch is large: a few minutes the first time)..."
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt -c constraints.txt
     # The package itself, offline: its dependencies are the requirements above, and the build uses their
-    # setuptools (70.1+, requirements-test.txt) instead of downloading one.
+    # setuptools (77+, requirements-test.txt) instead of downloading one.
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-index -e .
     rm -f .venv/.installed-*
     touch "$stamp"
