@@ -26,6 +26,7 @@ SCHEDULES = ("none", "cosine", "onecycle", "step")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 WANDB_EVAL_TARGETS = ("train", "new")
+PREPARATIONS = ("auto", "none", "photo")  # evaluate.py --prepare, load_model(prepare=): data/user_images.py
 LOADERS = ("auto", "resident", "dataloader")
 MIRRORED = ("fashion-mnist", "cifar10")  # sets whose classes a horizontal flip keeps (a mirrored 2 is no 2)
 # Signals that may ask for a checkpoint-and-stop (--stop-signals). NCCL and some container runtimes use

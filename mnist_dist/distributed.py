@@ -131,7 +131,7 @@ def fail_together(accelerator: Accelerator, failure: Exception | None) -> None:
     failures = [each for each in gather_object([failure]) if each is not None]  # [failure] in one process
     if failures:
         accelerator.wait_for_everyone()
-        failures[0].same_on_every_rank = True  # rank 0 prints it, once (errors.report_error)
+        failures[0].same_on_every_rank = True  # every rank raises it: said once (errors.report_error)
         raise failures[0]
 
 

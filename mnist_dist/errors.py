@@ -37,6 +37,8 @@ class UserError(Exception):
 class ConfigError(UserError):
     """An invalid option value, an unknown key, or an unreadable config file."""
 
+    same_on_every_rank = True  # every rank parses the same command line (report_error says it once)
+
 
 class DatasetError(UserError):
     """Dataset files that are missing, corrupt, or cannot be downloaded."""
@@ -46,12 +48,14 @@ class Preempted(Exception):
     """A stop signal arrived; every rank finished its step and a checkpoint was written."""
 
     exit_code = 3
+    same_on_every_rank = True  # the ranks agreed on it (train/agreement.py)
 
 
 class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
     exit_code = 4
+    same_on_every_rank = True  # the ranks agreed on it (train/agreement.py)
 
 
 class LostProcess(Exception):
@@ -64,10 +68,10 @@ class Interrupted(Exception):
     """Ctrl-C outside the training loop (start-up, the final save), where there is no step to finish."""
 
     exit_code = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+    same_on_every_rank = True  # Ctrl-C reaches every rank from the terminal
 
 
 STOPS = (UserError, Preempted, Diverged, LostProcess)
-SAME_ON_EVERY_RANK = (ConfigError, Preempted, Diverged, Interrupted)  # what every rank of a job meets alike
 
 
 def first_line(error: BaseException) -> str:
@@ -88,7 +92,7 @@ def report_error(error: Exception) -> None:
     errors (a file missing on one node) can be one rank's own, so each rank says its own, a rank
     other than 0 naming itself."""
     rank = int(os.environ.get("RANK", "0"))
-    if isinstance(error, SAME_ON_EVERY_RANK) or getattr(error, "same_on_every_rank", False):
+    if getattr(error, "same_on_every_rank", False):
         say_once(f"error: {error}")
     elif rank == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)

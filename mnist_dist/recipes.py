@@ -5,7 +5,7 @@ The classic recipes are those of the tutorials this project grew from: LeNet wit
 momentum (at batch 64, as pytorch/examples; see below); the MLPs and the linear model with Adam at
 batch 64 (the CIFAR-10 MLP with Adam 1e-4 at batch 16); the cnns with the fast recipe of train.py's
 defaults (SGD, onecycle, label smoothing). A recipe's batch size is the whole job's: on N processes
-each takes 1/N of it (run.py). No torch import: `--help` and config errors answer at once.
+each takes 1/N of it (train/job.py, resolve). No torch import: `--help` and config errors answer at once.
 """
 
 from typing import Any

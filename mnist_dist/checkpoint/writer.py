@@ -75,7 +75,7 @@ class CheckpointWriter:
     ):
         self.config = config
         self.accelerator = accelerator
-        self.info = info  # the dataset's facts, for the weights' metadata (weights.py)
+        self.info = info  # the dataset's facts, for the weights' metadata (checkpoint/weights.py)
         self.contents = contents
         # Called with the step before each save that is due: the ranks agree that no loss became NaN
         # and no metrics row was lost, so that no checkpoint holds a diverged run or misses a row.

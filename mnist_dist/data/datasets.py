@@ -41,7 +41,7 @@ class Data:
     train: ImageSet  # the training samples (without the validation split)
     test: ImageSet
     info: DatasetInfo
-    val: ImageSet | None = None  # held out of the training split (data/validation.py); None with val_size 0
+    val: ImageSet | None = None  # held out of the training split (data/val_split.py); None with val_size 0
 
 
 def load_dataset_main_first(config, accelerator) -> Data:

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_dist.config import PREPARATIONS
 from mnist_dist.data.images import DatasetInfo
 from mnist_dist.errors import UserError, first_line
 
 FIELD = 28  # side of the MNIST-family images
 BOX = {"fashion-mnist": 28}  # side of the box the object is scaled into; MNIST's digits (and ours): 20
 INK_THRESHOLD = 0.2  # pixels above this fraction of the brightest ink count for the bounding box
-PREPARATIONS = ("auto", "none", "photo")  # --prepare: see the docstring above
 
 
 def flatten_alpha(image: Image.Image) -> Image.Image:
@@ -59,10 +59,15 @@ def in_dataset_format(image: Image.Image, info: DatasetInfo) -> bool:
     return info.channels == 3 or border_level(np.asarray(image, dtype=np.float64)) <= 127
 
 
-def resolve(prepare: str, image: Image.Image, info: DatasetInfo) -> str:
-    """What `prepare` (one of PREPARATIONS) means for this image: "none" or "photo"."""
+def check_prepare(prepare: str) -> None:
+    """A one-line UserError unless `prepare` is one of PREPARATIONS."""
     if prepare not in PREPARATIONS:
         raise UserError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {prepare!r}")
+
+
+def resolve(prepare: str, image: Image.Image, info: DatasetInfo) -> str:
+    """What `prepare` (one of PREPARATIONS) means for this image: "none" or "photo"."""
+    check_prepare(prepare)
     if prepare == "auto":
         return "none" if in_dataset_format(image, info) else "photo"
     return prepare
@@ -93,15 +98,6 @@ def mnist_field(image: Image.Image, box: int = 20) -> np.ndarray:
     field = np.zeros((FIELD, FIELD))
     field[top : top + glyph.shape[0], left : left + glyph.shape[1]] = glyph
     return field.round().clip(0, 255).astype(np.uint8)
-
-
-def read_prepared(path: Path, info: DatasetInfo, prepare: str = "auto") -> torch.Tensor:
-    """uint8 (C, H, W) in the training set's format, or a one-line UserError naming the file."""
-    image = open_image(path)
-    try:
-        return pixels(image, info, prepare)
-    except UserError as error:
-        raise UserError(f"{path}: {error}") from None
 
 
 def open_image(path: Path) -> Image.Image:

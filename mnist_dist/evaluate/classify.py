@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist.data.user_images import open_image, resolve
+from mnist_dist.data.user_images import open_image, pixels, resolve
 from mnist_dist.errors import UserError
 from mnist_dist.evaluate.trained_model import Preprocess, TrainedModel
 
@@ -43,7 +43,7 @@ def classify(trained: TrainedModel, paths: list[str], as_json: bool, prepare: st
         try:
             image = open_image(path)
             prepared = resolve(prepare, image, info)  # "none" (taken as it is) or "photo"
-            batch = preprocess(image)
+            batch = preprocess(pixels(image, info, prepared))
         except UserError as error:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             failed += 1

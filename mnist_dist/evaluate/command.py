@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnist_dist.cli import Parser
-from mnist_dist.config import DATASETS, WANDB_EVAL_TARGETS, WANDB_MODES, Config
+from mnist_dist.config import DATASETS, PREPARATIONS, WANDB_EVAL_TARGETS, WANDB_MODES, Config
 from mnist_dist.errors import UserError
 
 if TYPE_CHECKING:  # names for the annotations only; importing them here would load torch for --help
@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # names for the annotations only; importing them here would l
     from mnist_dist.evaluate.exact import SplitPredictions
     from mnist_dist.evaluate.trained_model import TrainedModel
 
-# data/user_images.PREPARATIONS, spelled out here: importing that module would load torch for --help.
-PREPARATIONS = ("auto", "none", "photo")
 DESCRIPTION = "Evaluate a trained run on a whole split, with a visual report; or classify your own image files."
 
 

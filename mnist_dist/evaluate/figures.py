@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state) into small PNGs.
 
 Each function takes the split's uint8 images (N, C, H, W) and the per-sample predictions of
-`evaluation.predict_split`, and writes one file of a fixed pixel size: `SIZES` inches x `DPI`.
+`exact.predict_split`, and writes one file of a fixed pixel size: `SIZES` inches x `DPI`.
 """
 
 from pathlib import Path

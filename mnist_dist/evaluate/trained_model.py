@@ -26,7 +26,7 @@ from mnist_dist.cli import read_yaml_mapping
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo, Normalizer
-from mnist_dist.data.user_images import PREPARATIONS, pixels
+from mnist_dist.data.user_images import check_prepare, pixels
 from mnist_dist.errors import UserError, first_line
 from mnist_dist.models import build_model
 
@@ -48,11 +48,10 @@ class Preprocess:
     """
 
     info: DatasetInfo  # input shape, mean and std, class names
-    prepare: str = "auto"  # one of data/user_images.PREPARATIONS, for PIL images
+    prepare: str = "auto"  # one of config.PREPARATIONS, for PIL images
 
     def __post_init__(self):
-        if self.prepare not in PREPARATIONS:
-            raise UserError(f"prepare must be one of {', '.join(PREPARATIONS)}, got {self.prepare!r}")
+        check_prepare(self.prepare)
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """uint8 (C, H, W): the image in the training set's format, what the exported program takes."""

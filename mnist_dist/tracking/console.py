@@ -68,7 +68,7 @@ class TrainingConsole:
         table.add_row("model", config.model, sources.get("model", "default"))
         for name, value in config.to_dict().items():
             if name != "model" and value != expected[name]:
-                table.add_row(name, str(value), sources.get(name, "train.py"))  # run.resolve: the run's folder
+                table.add_row(name, str(value), sources.get(name, "train.py"))  # train.job.resolve: the run's folder
         self.console.print(table)
         if note:
             self.console.print(note)

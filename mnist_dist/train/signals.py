@@ -14,12 +14,11 @@ a SIGINT counts as a second one only when it comes REPEAT_SECONDS or more after 
 
 import os
 import signal
-import sys
 import threading
 import time
 
 from mnist_dist.config import FIELDS
-from mnist_dist.errors import Interrupted
+from mnist_dist.errors import Interrupted, say_once
 
 DEFAULT_STOP_SIGNALS = tuple(FIELDS["stop_signals"].default.split(","))  # train.py's default, --stop-signals
 REPEAT_SECONDS = 1.0  # a person's second Ctrl-C comes later than a launcher's forwarded copy of the first
@@ -57,7 +56,6 @@ class StopRequest:
 
 def abort() -> None:
     """The second Ctrl-C: leave now, in the middle of whatever runs (checkpoints appear whole or not at all).
-    Every rank got it from the terminal; rank 0 says so."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"error: {INTERRUPTED_AGAIN}", file=sys.stderr, flush=True)
+    Every rank got it from the terminal; the first to get here says so (errors.say_once)."""
+    say_once(f"error: {INTERRUPTED_AGAIN}")
     os._exit(Interrupted.exit_code)  # 130, as for Ctrl-C outside the loop

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
-from helpers import free_port
+from helpers import free_port, skip_unless_required
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
 FINISHED = {
@@ -49,9 +48,7 @@ MARKER = "MNIST_DIST_TEST_SLURM"
 
 def skip_or_fail(reason: str) -> None:
     """Skip, unless CI asked for these tests (MNIST_DIST_REQUIRE_SLURM=1): then fail."""
-    if os.environ.get("MNIST_DIST_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{reason} (MNIST_DIST_REQUIRE_SLURM=1)")
-    pytest.skip(reason)
+    skip_unless_required(reason, "MNIST_DIST_REQUIRE_SLURM")
 
 
 def missing_programs() -> list[str]:

@@ -73,7 +73,7 @@ def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, process
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_metrics_jsonl_on_a_full_disk_stops_every_rank(disk, data_dir, processes):
-    """Only the main process writes metrics.jsonl: the ranks agree at the next health check (step 10)."""
+    """Only the main process writes metrics.jsonl: the ranks learn it at their next agreement (step 10)."""
     run_dir, args = disk.path / "run", [*ARGS, "--max-steps", "10"]
     disk.leave_free(2)  # the lock and config.yaml; the first row needs a page more
     failed = train_into(run_dir, data_dir, *args, processes=processes, check=False)

@@ -158,7 +158,7 @@ def test_second_prepare_touches_nothing_once_files_are_in_place(tmp_path, monkey
 def test_reads_cifar_batches_whose_md5_differs_from_torchvision_list(tmp_path):
     batches = cifar_batches()
     write_cifar_folder(tmp_path / "cifar-10-batches-py", batches)
-    with pytest.raises(RuntimeError, match="corrupted"):  # why files.py reads the batches itself
+    with pytest.raises(RuntimeError, match="corrupted"):  # why formats.py reads the batches itself
         torchvision.datasets.CIFAR10(tmp_path, train=False)
     prepare_torchvision_files("cifar10", tmp_path, download=False)
     for train in (True, False):

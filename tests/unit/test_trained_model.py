@@ -146,4 +146,4 @@ def test_auto_takes_an_image_in_the_datasets_format_as_it_is_and_prepares_any_ot
 
 
 def test_evaluate_offers_the_preparations_of_user_images():
-    assert command.PREPARATIONS == user_images.PREPARATIONS  # spelled twice: command.py must not load torch
+    assert command.PREPARATIONS is user_images.PREPARATIONS  # one tuple, in config.py: command.py loads no torch
