@@ -2,17 +2,21 @@
 --predict finds weights through here without loading Accelerate). checkpoint/writer.py writes the
 checkpoints, checkpoint/reader.py loads them."""
 
+import re
 from pathlib import Path
 
 SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder; a folder without it is ignored
+# A checkpoint folder's name; anything else in checkpoints/ (`step-000280-copy`, a user's backup) is not one.
+CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")
 
 
 def complete_checkpoints(folder: Path | None) -> list[Path]:
     """The complete checkpoints in a run's checkpoints/ folder, oldest first."""
     if folder is None or not folder.is_dir():
         return []
-    return sorted((path for path in folder.glob("step-*") if (path / COMPLETE).is_file()), key=step_of)
+    named = (path for path in folder.glob("step-*") if CHECKPOINT_NAME.fullmatch(path.name))
+    return sorted((path for path in named if (path / COMPLETE).is_file()), key=step_of)
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -21,8 +25,10 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def step_of(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint folder's name gives (`step-000120` -> 120), or None for another name."""
+    match = CHECKPOINT_NAME.fullmatch(path.name)
+    return int(match[1]) if match else None
 
 
 def nearest(weights_path: Path, name: str) -> Path | None:
