@@ -30,6 +30,7 @@ from mnist_dist.distributed import build_accelerator  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
 from mnist_dist.train.build import build_trainer  # noqa: E402
 from mnist_dist.train.optim import build_optimizer  # noqa: E402
+from mnist_dist.train.signals import StopRequest  # noqa: E402
 
 RECIPES = {  # the throughput benchmark's classic recipes, and the default cnn recipe
     "mlp": {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "none"},
@@ -74,7 +75,7 @@ def measure(model_name: str, rounds: int, data_dir: str, augment: bool = False) 
     )
     accelerator = build_accelerator(config)
     data = load_dataset(config.dataset, config.data_dir, config.data_file, download=True)
-    trainer = build_trainer(config, accelerator, data, {}, {})
+    trainer = build_trainer(config, accelerator, data, {}, {}, StopRequest())
     device, batch = accelerator.device, config.batch_size
 
     # The bare loop: its own copy of the model and optimizer, fed pre-normalized batches.

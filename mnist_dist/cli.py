@@ -11,48 +11,9 @@ from typing import Any, NamedTuple
 import yaml
 
 from mnist_dist.config import CHOICES, FIELDS, Config, check_known, make_config
-from mnist_dist.errors import ConfigError, UserError, did_you_mean
+from mnist_dist.errors import ConfigError, did_you_mean
 from mnist_dist.recipes import recipe
-
-
-class DuplicateKey(yaml.YAMLError):
-    """A mapping that sets the same key twice (PyYAML would keep the last one silently)."""
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, refusing a mapping that sets one key twice."""
-
-    def construct_mapping(self, node, deep=False):
-        lines = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, (str, int, float, bool)) and key in lines:
-                raise DuplicateKey(f"{key!r} twice (lines {lines[key]} and {line})")
-            lines[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml_mapping(path: Path, error: type[UserError] = ConfigError, fix: str = "fix the file") -> dict[str, Any]:
-    """A YAML file of option: value as a dict with `_` in its keys (`batch-size` -> `batch_size`).
-
-    Every problem is one `error` naming the file; `fix` says what to do about a damaged one.
-    """
-    try:
-        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # safe_load's loader, plus one check
-    except DuplicateKey as problem:
-        raise error(f"config file {path} sets {problem}: keep one.") from None
-    except yaml.YAMLError as problem:
-        mark = getattr(problem, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise error(f"config file {path} is not valid YAML{where}: {fix}.") from None
-    except (OSError, UnicodeDecodeError) as problem:
-        raise error(f"config file {path} cannot be read ({problem}).") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise error(f"config file {path} must be a mapping of option: value, got {type(data).__name__}: {fix}.")
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
+from mnist_dist.yaml_files import read_yaml_mapping
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -126,7 +87,7 @@ OPTION_GROUPS = (
     OptionGroup(
         "checkpoints",
         "when checkpoints are written, how many are kept, which one a run resumes from, which signals ask for one",
-        ("checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "resume", "stop_signals"),
+        ("checkpoint_every", "checkpoint_epochs", "keep_checkpoints", "resume", "stop_signals", "dump_signal"),
     ),
     OptionGroup(
         "distributed", "devices, precision and the process group", ("cpu", "mixed_precision", "collective_timeout")
@@ -234,18 +195,27 @@ def build_parser() -> Parser:
 def parse_command_line(argv: list[str] | None = None) -> tuple[Config, dict[str, str]]:
     """Config from the command line: defaults < the model's recipe < the --config file < flags; and
     what set each option that is not a default: "recipe of lenet", the config file's path, or "flag"."""
-    parser = build_parser()
+    return layered_config(parsed_flags(build_parser(), argv))
+
+
+def parsed_flags(parser: Parser, argv: list[str] | None) -> dict[str, Any]:
+    """The flags given, as option: value (argparse's defaults are None: unset), an unknown one refused."""
     known, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [action.option_strings[0] for action in parser._actions if action.option_strings]
         hint = did_you_mean(unknown[0].split("=")[0], flags, quote="")
         raise ConfigError(f"unknown argument {unknown[0]}.{hint} See {parser.command} --help.")
-    flags = vars(known)
+    return vars(known)
+
+
+def layered_config(flags: dict[str, Any], base: tuple[str, dict] = ("default", {})) -> tuple[Config, dict[str, str]]:
+    """The Config of `flags` (with --config FILE) over the model's recipe over `base` (a command's own defaults,
+    named) over the defaults, and what set each option."""
     path = flags.pop("config", None)
     from_file = load_yaml(path) if path else {}
-    model = str(flags.get("model", from_file.get("model", FIELDS["model"].default)))
+    model = str(flags.get("model", from_file.get("model", base[1].get("model", FIELDS["model"].default))))
     values, sources = {}, {}
-    for source, layer in ((f"recipe of {model}", recipe(model)), (path, from_file), ("flag", flags)):
+    for source, layer in (base, (f"recipe of {model}", recipe(model)), (path, from_file), ("flag", flags)):
         values.update(layer)
         sources.update(dict.fromkeys(layer, source))
     return make_config(values), sources

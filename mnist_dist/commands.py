@@ -18,8 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from mnist_dist.cli import parse_command_line
+from mnist_dist.config import stop_signal_names
 from mnist_dist.errors import STOPS, Interrupted, report_error
 from mnist_dist.evaluate.command import classify_files, evaluate_checkpoint, export_file, parse_args
+from mnist_dist.train.signals import StopRequest
+from mnist_dist.train.stacks import StackDumps
 
 DROPPED = (
     "note: stdout's reader has gone (a pipe such as `| head` ended): the rest of the output is dropped; "
@@ -91,17 +94,35 @@ def train(argv: list[str] | None = None) -> int:
     """Train one run, as `python train.py` and `mnist-dist-train` do."""
     try:
         config, sources = parse_command_line(argv)
-        from mnist_dist.train import job  # torch, torchvision and accelerate load only from here on
+    except (*STOPS, KeyboardInterrupt) as error:
+        return report_stop(error)
+    # The stop signals count from here to the command's end, from before torch loads and the processes
+    # meet: one that comes during start-up ends the job at its next phase with one line (train/job.py),
+    # and one that comes while a rank reports how it ended (a launcher signals the others as soon as one
+    # exits) changes nothing. The dump signal is blocked first, while this is the process's only thread,
+    # so that every thread made later inherits the block and one thread of its own waits for it
+    # (train/stacks.py: a rank waiting in a collective dumps its stacks at once).
+    with StackDumps(config.dump_signal) as stacks, StopRequest(stop_signal_names(config.stop_signals)) as stop:
+        try:
+            from mnist_dist.train import job  # torch, torchvision and accelerate load only from here on
 
-        job.train(config, sources)
-    except STOPS as error:  # bad input, a stop signal, a diverged loss: one line, no traceback
-        report_error(error)
-        return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before or after the training loop, which checkpoints and exits 3 itself
-        error = Interrupted("interrupted by Ctrl-C outside the training loop; no checkpoint was written for it.")
-        report_error(error)
-        return error.exit_code
+            job.train(config, sources, stop, stacks)
+        except (*STOPS, KeyboardInterrupt) as error:
+            return report_stop(error)
     return 0
+
+
+def report_stop(error: Exception | KeyboardInterrupt) -> int:
+    """Say how the command ended in its one line; return its exit code. STOPS: bad input, a stop signal,
+    a diverged loss, a lost process. KeyboardInterrupt: a Ctrl-C while the options are parsed, or with
+    SIGINT left out of --stop-signals (the stop request handles it otherwise)."""
+    if isinstance(error, KeyboardInterrupt):
+        error = Interrupted(
+            "interrupted by Ctrl-C, which --stop-signals leaves out (or which came before the options were read): "
+            "stopped at once, without a checkpoint; run the same command again to resume from the last complete one."
+        )
+    report_error(error)
+    return error.exit_code
 
 
 @reader_may_leave

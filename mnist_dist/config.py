@@ -32,6 +32,7 @@ MIRRORED = ("fashion-mnist", "cifar10")  # sets whose classes a horizontal flip 
 # Signals that may ask for a checkpoint-and-stop (--stop-signals). NCCL and some container runtimes use
 # SIGUSR1 themselves, hence the choice (submitit moved to USR2 for the same reason).
 STOP_SIGNAL_NAMES = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT")
+DUMP_SIGNALS = ("QUIT", "USR1", "USR2", "HUP", "none")  # --dump-signal: stacks written, training goes on
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
 AT_LEAST_ONE += ("keep_checkpoints",)
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
@@ -49,6 +50,7 @@ CHOICES = {
     "wandb": WANDB_MODES,
     "wandb_eval": WANDB_EVAL_TARGETS,
     "loader": LOADERS,
+    "dump_signal": DUMP_SIGNALS,
 }
 
 
@@ -123,6 +125,9 @@ class Config:
         + ", ".join(STOP_SIGNAL_NAMES)
         + " (a second INT aborts); match the SLURM scripts' STOP_SIGNAL",
     )
+    dump_signal: str = option(
+        "QUIT", "a signal that makes a process write its threads' stacks and step to RUN/stacks/ and go on; none: off"
+    )
     max_steps: int = option(0, "stop after this many optimizer steps in all; 0 means no limit")
     dry_run: bool = option(
         False, "smoke test: one optimizer step, one evaluation, no files written (no checkpoints), W&B off"
@@ -160,7 +165,8 @@ class Config:
         self._check_names_and_files()
 
     def _check_names_and_files(self) -> None:
-        stop_signal_names(self.stop_signals)  # raises ConfigError for an unknown name
+        if self.dump_signal in stop_signal_names(self.stop_signals):  # raises ConfigError for an unknown name
+            raise ConfigError(f"--dump-signal {self.dump_signal} is a stop signal too: drop it from --stop-signals.")
         long_tags = [tag for tag in self.wandb_tags.split(",") if len(tag.strip()) > 64]
         if long_tags:
             raise ConfigError(f"W&B tags have at most 64 characters; shorten '{long_tags[0].strip()}'.")
@@ -260,20 +266,12 @@ def _coerce(name: str, value: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+    elif kind in (int, float):
+        if isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool):
+            return kind(value)
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                return kind(value)
             except ValueError:
                 pass
     elif kind is str:

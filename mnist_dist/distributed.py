@@ -64,6 +64,16 @@ def lost_peer(error: BaseException) -> bool:
     return type(error) is RuntimeError and GLOO_TRANSPORT_FAILURE.search(str(error)) is not None
 
 
+def missed_rendezvous(error: BaseException) -> bool:
+    """Whether forming the process group failed because another process did not join within the timeout
+    (it stopped responding or ended before it got there): torch's store wait timed out, DistStoreError
+    ("wait timeout after 15000ms, keys: /default_pg/0//cpu//0/1", torch 2.14, a rank SIGSTOPped during
+    its imports). Other errors of the rendezvous (a port in use, an address that does not answer) are
+    not a lost process and keep their traceback."""
+    forming = launched_world_size() > 1 and not torch.distributed.is_initialized()
+    return forming and isinstance(error, torch.distributed.DistStoreError)
+
+
 def join_restarted_group(backend: str, timeout: datetime.timedelta) -> None:
     """Form the process group of a torchrun restart (--max-restarts) ourselves.
 
@@ -86,13 +96,18 @@ def join_restarted_group(backend: str, timeout: datetime.timedelta) -> None:
     )
 
 
-def build_accelerator(config: Config) -> Accelerator:
+def device_type_of(config: Config) -> str:
+    """cuda, mps or cpu: what this job trains on (--cpu and `accelerate launch --cpu` choose the CPU)."""
     force_cpu = config.cpu or parse_flag_from_env("ACCELERATE_USE_CPU")  # set by `accelerate launch --cpu`
     has_cuda = torch.cuda.is_available() and not force_cpu
     has_mps = torch.backends.mps.is_available() and not force_cpu and not has_cuda
-    if has_mps and launched_world_size() > 1:
+    return "cuda" if has_cuda else "mps" if has_mps else "cpu"
+
+
+def build_accelerator(config: Config) -> Accelerator:
+    device_type = device_type_of(config)
+    if device_type == "mps" and launched_world_size() > 1:
         raise ConfigError("MPS runs one process only: launch train.py without torchrun, or pass --cpu for a CPU group.")
-    device_type = "cuda" if has_cuda else "mps" if has_mps else "cpu"
     if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores among this node's processes before the first op (torchrun sets
         # OMP_NUM_THREADS=1 itself; a single process would otherwise take every core anyway).

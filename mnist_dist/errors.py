@@ -4,10 +4,11 @@ traceback) and exit with the class's exit code:
     0  finished
     1  crashed (a bug or a failure of the machine: a traceback is printed)
     2  bad input: a flag, a config file, a dataset file, a checkpoint (UserError)
-    3  stopped by a --stop-signals signal (SIGUSR1, SIGTERM, Ctrl-C) after a checkpoint: run again to resume (Preempted)
+    3  stopped by a --stop-signals signal (SIGUSR1, SIGTERM, Ctrl-C): after a checkpoint, before the first step or
+       after the final files; run again to resume (Preempted)
     4  the loss became NaN or infinite; the last good checkpoint is kept (Diverged)
     5  another process stopped responding or ended; the last complete checkpoint is kept (LostProcess)
-  130  a second Ctrl-C, or Ctrl-C before or after the training loop: no new checkpoint (Interrupted)
+  130  a second Ctrl-C, or a Ctrl-C that --stop-signals leaves out: no new checkpoint (Interrupted)
 
 Also the two helpers every such message uses, `first_line` and `did_you_mean`; how the message
 reaches the user once per job (`report_error`); and where the full traceback of an unexpected error
@@ -45,7 +46,8 @@ class DatasetError(UserError):
 
 
 class Preempted(Exception):
-    """A stop signal arrived; every rank finished its step and a checkpoint was written."""
+    """A stop signal arrived; every rank finished its step and a checkpoint was written (or, before the
+    first step, there was nothing to write; during the final files, they were finished first)."""
 
     exit_code = 3
     same_on_every_rank = True  # the ranks agreed on it (train/agreement.py)
@@ -65,7 +67,7 @@ class LostProcess(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C outside the training loop (start-up, the final save), where there is no step to finish."""
+    """A Ctrl-C that is not a stop request (SIGINT left out of --stop-signals, or before the options were read)."""
 
     exit_code = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
     same_on_every_rank = True  # Ctrl-C reaches every rank from the terminal

@@ -10,7 +10,8 @@
 #      passes it to every process of the step, on every node.
 #   3. The training processes finish their step, agree to stop (within 10 steps), write a
 #      checkpoint and exit with code 3 (train.py gets --stop-signals STOP_SIGNAL,TERM,INT).
-#      torchrun passes SIGTERM, SIGINT, SIGHUP and SIGQUIT on to its workers, but SIGUSR1 would
+#      torchrun passes SIGTERM, SIGINT and SIGHUP on to its workers (SIGQUIT is the dump signal, see
+#      "Stack dumps" below), but SIGUSR1 would
 #      kill torchrun itself (Python's default action), and its workers with it, mid-step. So the
 #      GPU scripts start torchrun with the signal ignored (`trap ''` survives exec; the workers
 #      inherit it until train.py installs its own handler): the workers get it straight from srun
@@ -42,8 +43,29 @@ if [[ $STOP_SIGNAL != USR1 && $STOP_SIGNAL != USR2 ]]; then
     echo "error: the stop signal must be USR1 or USR2, not '$STOP_SIGNAL': set SBATCH_SIGNAL=B:USR2@120 or fix #SBATCH --signal" >&2
     exit 2
 fi
+
+# Stack dumps (docs/CHECKPOINTS.md, "Stack dumps"): DUMP_SIGNAL (QUIT unless set; USR1, USR2 or HUP,
+# not the stop signal) makes every training process write its threads' stacks and its step to
+# runs/<name>/stacks/ and train on. Send it to the job's steps, where the training processes are:
+#   scancel --signal=QUIT <job id>
+# Not with --batch or --full: srun ends the step on SIGQUIT. torchrun's agent would take it as a stop
+# of the whole job (it forwards it, then kills its workers after 30 s), so the GPU scripts start
+# torchrun with it ignored (`trap ''`) and left out of the signals it handles (PET_SIGNALS_TO_HANDLE,
+# its --signals-to-handle); the workers get it straight from SLURM, as the stop signal.
+export DUMP_SIGNAL="${DUMP_SIGNAL:-QUIT}"
+DUMP_SIGNAL="${DUMP_SIGNAL#SIG}"
+if [[ ! $DUMP_SIGNAL =~ ^(QUIT|USR1|USR2|HUP)$ || $DUMP_SIGNAL == "$STOP_SIGNAL" ]]; then
+    echo "error: DUMP_SIGNAL must be QUIT, USR1, USR2 or HUP and not the stop signal ($STOP_SIGNAL), not '$DUMP_SIGNAL': unset it or set DUMP_SIGNAL=QUIT" >&2
+    exit 2
+fi
+handled=SIGTERM,SIGINT,SIGHUP,SIGQUIT  # torchrun's default --signals-to-handle, less the dump signal
+handled="${handled/SIG$DUMP_SIGNAL/}"
+handled="${handled//,,/,}"
+handled="${handled#,}"
+export PET_SIGNALS_TO_HANDLE="${handled%,}"
+# train.py's signal options: the stop signals and the dump signal.
 # shellcheck disable=SC2034  # used by the job scripts
-STOP_ARGS=(--stop-signals "$STOP_SIGNAL,TERM,INT")
+STOP_ARGS=(--stop-signals "$STOP_SIGNAL,TERM,INT" --dump-signal "$DUMP_SIGNAL")
 
 # In a container without SLURM's commands the job cannot requeue itself; it can still be resumed.
 can_requeue=1
@@ -109,6 +131,21 @@ if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
     # shellcheck disable=SC2034  # used by the job scripts
     SRUN_CPUS=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 fi
+
+# PyTorch's NCCL flight recorder, for the GPU scripts (torch 2.14's names; gloo reads none of them):
+#   TORCH_FR_BUFFER_SIZE=2000      each rank keeps a ring of its last 2000 collective events (what, on
+#                                  which group, sizes, state: scheduled, started, completed); 0 turns
+#                                  the recorder off. Older name: TORCH_NCCL_TRACE_BUFFER_SIZE.
+#   TORCH_NCCL_DUMP_ON_TIMEOUT=1   when a collective times out (or NCCL fails), each rank writes that
+#                                  ring to a file before the process ends.
+#   TORCH_FR_DUMP_TEMP_FILE        the file's prefix, + the rank; train.py points it into the run
+#                                  folder, runs/<name>/stacks/flight-recorder/nccl_trace_rank_<rank>,
+#                                  unless you set it (older name: TORCH_NCCL_DEBUG_INFO_TEMP_FILE).
+# `torchfrtrace runs/<name>/stacks/flight-recorder` then says which rank never joined which collective.
+flight_recorder_on() {
+    export TORCH_FR_BUFFER_SIZE="${TORCH_FR_BUFFER_SIZE:-2000}"
+    export TORCH_NCCL_DUMP_ON_TIMEOUT="${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}"
+}
 
 # For torchrun: one process per GPU of the node (or NPROC_PER_NODE), each with its share of the
 # task's cores.

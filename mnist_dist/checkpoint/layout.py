@@ -7,6 +7,8 @@ from pathlib import Path
 
 SEARCH_DEPTH = 3  # runs/<name>/checkpoints/<step>/model.safetensors: the run's files are 2 folders up
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder; a folder without it is ignored
+# The files a run writes at its end (train/final.py), which only a run that trained to its end has.
+FINAL_FILES = ("model.safetensors", "last.safetensors", "summary.json")
 # A checkpoint folder's name; anything else in checkpoints/ (`step-000280-copy`, a user's backup) is not one.
 CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")
 

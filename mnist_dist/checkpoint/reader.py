@@ -8,6 +8,7 @@ checkpoint/writer.py writes them.
 """
 
 import json
+import math
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -18,14 +19,18 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.optim.lr_scheduler import LRScheduler
 
+from mnist_dist.checkpoint import trust
 from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, newest_checkpoint
+from mnist_dist.checkpoint.resize import Layout, convert_state, merged_sums, saved_layout
 from mnist_dist.checkpoint.state import COUNTERS, TrainingState, set_rng_states
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError, first_line
 
 # Options that fix which samples each step sees: a resumed run must keep them.
-MUST_MATCH = ("model", "dataset", "val_size", "batch_size", "grad_accum_steps", "seed")
+# (On the same number of processes, the per-process batch and accumulation too: check_fits.)
+MUST_MATCH = ("model", "dataset", "val_size", "seed")
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
 DELETE_IT = "delete that checkpoint or pass --resume none."
@@ -57,14 +62,23 @@ def state_from_json(saved: dict) -> TrainingState:
     """A TrainingState from state.json, each field of its type (and not negative where it counts)."""
     values = {}
     for field in fields(TrainingState):
-        value = saved[field.name]
+        value = saved.get(field.name, []) if field.name == "world_size_changes" else saved[field.name]  # a later field
         kinds = (int, float) if field.type is float else field.type  # an int is a float too (best_accuracy 1)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise TypeError(f"{field.name} is {value!r}, not {field.type}")
         if field.name in COUNTERS and value < 0 or field.name == "world_size" and value < 1:
             raise ValueError(f"{field.name} is {value}")
+        if field.name == "world_size_changes" and not all(map(is_world_size_change, value)):
+            raise ValueError(f"world_size_changes is {value!r}")
         values[field.name] = value
     return TrainingState(**values)
+
+
+def is_world_size_change(change: object) -> bool:
+    """{"step": 120, "from": 2, "to": 1}: a resume on another number of processes (checkpoint/resize.py)."""
+    if not isinstance(change, dict) or set(change) != {"step", "from", "to"}:
+        return False
+    return all(type(value) is int and value >= 0 for value in change.values())
 
 
 def read_state(path: Path) -> tuple[TrainingState, dict]:
@@ -74,6 +88,9 @@ def read_state(path: Path) -> tuple[TrainingState, dict]:
         config = saved["config"]
         if not isinstance(config, dict):
             raise TypeError(f"config is {config!r}")
+        for key in ("batch_size", "grad_accum_steps"):  # the layout of the global batch (checkpoint/resize.py)
+            if type(config[key]) is not int or config[key] < 1:
+                raise ValueError(f"config {key} is {config[key]!r}")
         return state_from_json(saved), config
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise DamagedCheckpoint(
@@ -82,14 +99,19 @@ def read_state(path: Path) -> tuple[TrainingState, dict]:
 
 
 def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, world_size: int) -> None:
-    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs.
-    The number of processes first: a recipe's batch size is shared among them, so it differs too."""
-    if state.world_size != world_size:
+    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs. On another
+    number of processes the global batch must hold (train/job.py chose this run's per-process batch for it:
+    checkpoint/resize.py); on the same number, the per-process batch and accumulation too."""
+    ours = Layout(world_size, config.batch_size, config.grad_accum_steps)
+    theirs = saved_layout(state, saved)
+    if theirs.global_batch != ours.global_batch:
         raise UserError(
-            f"checkpoint {path} was written by {state.world_size} processes, this run has "
-            f"{world_size}: resume with the same number for an exact continuation."
+            f"checkpoint {path} was written with a global batch of {theirs.global_batch} ({theirs.world_size} "
+            f"processes x {theirs.batch_size} x {theirs.grad_accum_steps} accumulated), this run has "
+            f"{ours.global_batch}: use the same options, another --run-dir, or --resume none."
         )
-    for key in MUST_MATCH:
+    per_process = ("batch_size", "grad_accum_steps") if state.world_size == world_size else ()
+    for key in (*MUST_MATCH, *per_process):
         if saved.get(key) != getattr(config, key):
             raise UserError(
                 f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has "
@@ -106,6 +128,17 @@ def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, wo
 
 
 @dataclass
+class Target:
+    """What a checkpoint is loaded into, and must fit: this run's bare model, optimizer and schedule, and
+    the samples of its training split (with the batch sizes, the plan of an epoch)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    train_samples: int
+
+
+@dataclass
 class Loaded:
     """A checkpoint read into memory and checked, before anything of this run changes."""
 
@@ -115,6 +148,7 @@ class Loaded:
     training: dict  # optimizer, scheduler and grad-scaler states
     rank_state: dict  # this rank's RNG states and epoch sums
     best: dict | None  # the weights of the best validation accuracy so far (None before the first)
+    resized: str | None = None  # on another number of processes: what changed (checkpoint/resize.py)
 
 
 def read_weights(path: Path) -> dict:
@@ -124,23 +158,68 @@ def read_weights(path: Path) -> dict:
         raise DamagedCheckpoint(f"cannot load the weights in {path} ({first_line(error)}); {DELETE_IT}") from None
 
 
-def read_checkpoint(path: Path, config: Config, accelerator: Accelerator) -> Loaded:
-    """Every file this rank needs from the checkpoint at `path`: DamagedCheckpoint if one cannot be read,
-    UserError if the checkpoint belongs to other options."""
+def read_checkpoint(path: Path, config: Config, accelerator: Accelerator, target: Target) -> Loaded:
+    """Every file this rank needs from the checkpoint at `path`, each field checked against the run (its
+    plan, model, optimizer and schedule: checkpoint/trust.py): DamagedCheckpoint if one cannot be read
+    or trusted, UserError if the checkpoint belongs to other options. A checkpoint of another number of
+    processes is read in this run's terms (checkpoint/resize.py)."""
     state, saved_config = read_state(path)
     check_fits(path, state, saved_config, config, accelerator.num_processes)
+    saved = saved_layout(state, saved_config)
+    plan = (saved.batches_per_epoch(target.train_samples), saved.grad_accum_steps)
+    distrust(path, trust.state_mismatch(path, state, *plan))
     weights = read_weights(path / "model.safetensors")
     best = read_weights(path / "best.safetensors") if state.best_step >= 0 else None
     training = load_data(path / "training.pt")
-    rank_state = load_data(path / f"rank-{accelerator.process_index}.pt")
-    missing = {"optimizer", "scheduler", "scaler"} - set(training) or {"rng", "epoch_sums"} - set(rank_state)
-    if missing:
-        raise DamagedCheckpoint(f"checkpoint {path} lacks {', '.join(sorted(missing))}; {DELETE_IT}")
-    return Loaded(path, state, weights, training, rank_state, best)
+    if "optimizer" not in training or "scheduler" not in training or "scaler" not in training:
+        raise DamagedCheckpoint(f"checkpoint {path} lacks its optimizer, scheduler or scaler state; {DELETE_IT}")
+    rank_files = read_rank_files(path, state, saved.batch_size, accelerator)
+    problem = (
+        trust.weights_mismatch(weights, target.module)
+        or (trust.weights_mismatch(best, target.module) if best is not None else None)
+        or trust.optimizer_mismatch(training["optimizer"], target.optimizer)
+        or trust.scheduler_mismatch(training["scheduler"], target.scheduler)
+    )
+    distrust(path, problem)
+    rank = accelerator.process_index
+    if state.world_size == accelerator.num_processes:
+        return Loaded(path, state, weights, training, rank_files[rank], best)
+    now = Layout(accelerator.num_processes, config.batch_size, config.grad_accum_steps)
+    state = convert_state(state, saved, now, target.train_samples)
+    own = rank_files[rank % saved.world_size]
+    sums = merged_sums([rank_files[old_rank] for old_rank in sorted(rank_files)], rank)
+    resized = f"from {saved.world_size} processes to {now.world_size} at step {state.step}"
+    return Loaded(path, state, weights, training, {"rng": own["rng"], "epoch_sums": sums}, best, resized)
 
 
-def apply_checkpoint(loaded: Loaded, module: torch.nn.Module, optimizer, scheduler, accelerator: Accelerator) -> None:
-    """Weights, optimizer, schedule, grad scaler and this rank's RNG states, from a checkpoint read before."""
+def read_rank_files(path: Path, state: TrainingState, batch_size: int, accelerator: Accelerator) -> dict[int, dict]:
+    """The rank files this rank needs, by old rank, each checked: its own (rank-R.pt); on another number of
+    processes, the one whose RNG it takes (R mod the old world size), and on the main process all of them,
+    whose epoch sums it merges."""
+    rank, old_world = accelerator.process_index, state.world_size
+    if old_world == accelerator.num_processes:
+        wanted = [rank]
+    else:
+        wanted = sorted({rank % old_world, *(range(old_world) if accelerator.is_main_process else ())})
+    files = {}
+    for old_rank in wanted:
+        files[old_rank] = load_data(path / f"rank-{old_rank}.pt")
+        if {"rng", "epoch_sums"} - set(files[old_rank]):
+            raise DamagedCheckpoint(f"checkpoint {path} lacks rng or epoch_sums in rank-{old_rank}.pt; {DELETE_IT}")
+        problem = trust.epoch_sums_mismatch(files[old_rank]["epoch_sums"], state, batch_size)
+        distrust(path, problem or trust.rng_mismatch(files[old_rank]["rng"]))
+    return files
+
+
+def distrust(path: Path, problem: str | None) -> None:
+    if problem:
+        raise DamagedCheckpoint(f"checkpoint {path} cannot be trusted: {problem}; {DELETE_IT}")
+
+
+def apply_checkpoint(loaded: Loaded, target: Target, accelerator: Accelerator) -> None:
+    """Weights, optimizer, schedule, grad scaler and this rank's RNG states, from a checkpoint read and
+    checked before."""
+    module, optimizer, scheduler = target.module, target.optimizer, target.scheduler
     # load_state_dict takes the saved groups' flags too; keep this run's kernels (fused or not).
     kernels = [{key: group[key] for key in ("fused", "foreach") if key in group} for group in optimizer.param_groups]
     training = loaded.training
@@ -179,17 +258,15 @@ def candidates(config: Config) -> list[Path]:
     return [path]
 
 
-def resume(
-    config: Config, accelerator: Accelerator, module: torch.nn.Module, optimizer, scheduler, say: Callable[[str], None]
-) -> Loaded | None:
-    """Restore the newest checkpoint that every rank can read into `module` (the bare model), `optimizer`
-    and `scheduler` and return what it held; None when there is none (or a dry run, which reads none).
-    --resume auto skips a damaged one with a warning through `say`, leaving it on disk; a named one must load."""
+def resume(config: Config, accelerator: Accelerator, target: Target, say: Callable[[str], None]) -> Loaded | None:
+    """Restore the newest checkpoint that every rank can read and trust into `target` and return what it
+    held; None when there is none (or a dry run, which reads none). --resume auto skips a damaged one with
+    a warning through `say`, leaving it on disk; a named one must load."""
     strict = config.resume != "auto"
     for path in candidates(config) if config.writes_files else []:
         loaded, failure = None, None
         try:
-            loaded = read_checkpoint(path, config, accelerator)
+            loaded = read_checkpoint(path, config, accelerator, target)
         except DamagedCheckpoint as error:
             failure = str(error)
         failures = [text for text in gather_object([failure]) if text]  # one collective: the ranks agree
@@ -199,6 +276,10 @@ def resume(
         if failures:
             say(f"warning: skipping checkpoint {path}: {failures[0]}")
             continue
-        apply_checkpoint(loaded, module, optimizer, scheduler, accelerator)
+        apply_checkpoint(loaded, target, accelerator)
         return loaded
+    if config.resume == "auto" and config.writes_files:
+        layout = Layout(accelerator.num_processes, config.batch_size, config.grad_accum_steps)
+        steps_per_epoch = math.ceil(target.train_samples / layout.global_batch)  # any world size (resize.py)
+        trust.refuse_a_silent_restart(config, accelerator, steps_per_epoch)
     return None

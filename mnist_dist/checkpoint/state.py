@@ -2,7 +2,7 @@
 generators, which a checkpoint saves so that a resumed run draws what the uninterrupted one would."""
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ class TrainingState:
     evaluated_step: int = 0  # the step of the last epoch's end (evaluation, epoch row, model selection)
     world_size: int = 1
     wandb_run_id: str | None = None
+    # Each resume on another number of processes: {"step": ..., "from": old world size, "to": new one}
+    # (checkpoint/resize.py). Absent from the checkpoints of earlier versions: then empty.
+    world_size_changes: list = field(default_factory=list)
 
 
 def rng_states() -> dict:

@@ -15,7 +15,10 @@ One choice, `--prepare` (PREPARATIONS), says how:
 Normalization comes after (data/images.Normalizer).
 """
 
+import os
+import stat
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -100,10 +103,33 @@ def mnist_field(image: Image.Image, box: int = 20) -> np.ndarray:
     return field.round().clip(0, 255).astype(np.uint8)
 
 
+# What a path that is not a regular file is, for the one line that refuses it.
+NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: Path) -> IO[bytes]:
+    """`path` opened for reading, if it is a regular file; anything else is a one-line UserError.
+
+    Opened without blocking, then checked: open() of a FIFO waits for a writer, for good if none comes,
+    and a device may never end (/dev/zero) or wait for input (a terminal); so only a regular file is read.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in NOT_REGULAR if test(mode)), "a device")
+            raise UserError(f"{path}: not an image file but {kind}; pass image files (PNG, JPEG) or folders of them")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def open_image(path: Path) -> Image.Image:
     """The image in `path`, turned upright, or a one-line UserError naming the file."""
     try:
-        with Image.open(path) as opened:
+        with open_regular(path) as file, Image.open(file) as opened:
             image = ImageOps.exif_transpose(opened)  # phone photos: apply the camera's rotation
             image.load()
     except FileNotFoundError:

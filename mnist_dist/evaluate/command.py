@@ -1,6 +1,7 @@
 """The evaluate command: a report on a trained model, `--predict` or `--export` (evaluate.py).
 
-`parse_args` reads evaluate.py's flags; every task loads the model with trained_model.load_trained.
+`parse_args` reads evaluate.py's flags; every task loads the model with `load` (trained_model.load_trained,
+which checks the weights file's metadata, and says which weights a run without final ones gives).
 `evaluate_checkpoint` predicts every sample of the split on every rank (the same numbers for any
 world size); the main process prints the report, writes it and logs it to W&B. `classify_files`
 serves `--predict`, `export_file` serves `--export`. Only the standard library and the option
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,20 +103,29 @@ def check_tasks(parser: Parser, args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def load(checkpoint: str) -> TrainedModel:
+    """The trained model every task starts from. Where a run has no final weights, the line that says
+    which weights are used and why goes to stderr (stdout may be --json's), from the main process only."""
+    from mnist_dist.evaluate.trained_model import load_trained  # torch loads from here on
+
+    trained = load_trained(checkpoint)
+    if trained.note and os.environ.get("RANK", "0") == "0":
+        print(f"note: {trained.note}", file=sys.stderr, flush=True)
+    return trained
+
+
 def classify_files(args: argparse.Namespace) -> int:
     """`--predict`: the top classes of each image file; 0, or 2 when any file could not be classified."""
-    from mnist_dist.evaluate.classify import classify
-    from mnist_dist.evaluate.trained_model import load_trained  # torch loads from here on (accelerate never does)
+    from mnist_dist.evaluate.classify import classify  # torch loads from here on (accelerate never does)
 
-    return classify(load_trained(args.checkpoint), args.predict, args.json, args.prepare or "auto")
+    return classify(load(args.checkpoint), args.predict, args.json, args.prepare or "auto")
 
 
 def export_file(args: argparse.Namespace) -> int:
     """`--export`: the model and its normalization as a torch.export program."""
-    from mnist_dist.evaluate.export import export_program
-    from mnist_dist.evaluate.trained_model import load_trained  # torch loads only from here on
+    from mnist_dist.evaluate.export import export_program  # torch loads only from here on
 
-    trained = load_trained(args.checkpoint)
+    trained = load(args.checkpoint)
     export_program(trained, Path(args.export))
     info = trained.info
     print(
@@ -125,9 +137,14 @@ def export_file(args: argparse.Namespace) -> int:
 
 
 def default_out_dir(weights_path: Path, trained_on: str, dataset: str, split: str) -> Path:
-    """eval/ beside the weights; another dataset or split gets its own folder (eval-mnist-train/)."""
+    """eval/ beside the weights; another dataset or split gets its own folder (eval-mnist-train/). A
+    checkpoint's report goes into its run's folder, under the checkpoint's name (runs/<name>/eval/step-000300/),
+    never inside checkpoints/: the trainer replaces and prunes those folders, a report with them."""
     suffix = ("" if dataset == trained_on else f"-{dataset}") + ("" if split == "test" else f"-{split}")
-    return weights_path.parent / f"eval{suffix}"
+    folder = weights_path.parent
+    if folder.parent.name == "checkpoints":  # runs/<name>/checkpoints/step-000300/model.safetensors
+        return folder.parent.parent / f"eval{suffix}" / folder.name
+    return folder / f"eval{suffix}"
 
 
 def evaluation_config(trained: Config, args: argparse.Namespace, dataset: str) -> Config:
@@ -148,9 +165,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """Predict the whole split on every rank; the main process reports. Always ends the process group."""
     from mnist_dist.data.datasets import load_dataset_main_first
     from mnist_dist.distributed import build_accelerator, write_on_main
-    from mnist_dist.evaluate.trained_model import load_trained
 
-    trained = load_trained(args.checkpoint)
+    trained = load(args.checkpoint)
     dataset = args.dataset or trained.config.dataset
     info = trained.check_fits(dataset)  # before any data is loaded: a mismatch fails at once
     config = evaluation_config(trained.config, args, dataset)

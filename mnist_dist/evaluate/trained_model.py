@@ -10,31 +10,34 @@ complete `checkpoints/step-*/model.safetensors`), a checkpoint folder, or a `.sa
 weights file carries what the model needs (checkpoint/weights.py): the whole training config, the
 input shape, the class names and the training set's mean and std, so `preprocess` prepares images
 exactly as training did. Older files without a config use a `config.yaml` beside the file or in a
-folder above it. Every problem a user can fix is a one-line CheckpointError.
+folder above it. Every problem a user can fix is a one-line CheckpointError: a metadata field unlike
+what the trainer writes (checked once, by weights.read_metadata), or weights whose own config names
+another model or dataset than the run's config.yaml beside them.
+
+A run directory without final weights (still training, or stopped before its end) gives its newest
+complete checkpoint, and TrainedModel.note says so: evaluate.py prints it, load_model warns.
 """
 
-import json
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 
-from mnist_dist.checkpoint.layout import nearest, newest_checkpoint
-from mnist_dist.cli import read_yaml_mapping
+from mnist_dist.checkpoint.layout import nearest, newest_checkpoint, step_of
+from mnist_dist.checkpoint.run_lock import describe, live_holder
+from mnist_dist.checkpoint.weights import CheckpointError, read_metadata
 from mnist_dist.config import FIELDS, Config, make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.images import DatasetInfo, Normalizer
 from mnist_dist.data.user_images import check_prepare, pixels
 from mnist_dist.errors import UserError, first_line
 from mnist_dist.models import build_model
+from mnist_dist.yaml_files import read_yaml_mapping
 
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, damaged, or does not match the model or dataset asked for."""
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainedModel:
     info: DatasetInfo  # what it was trained on: input shape, class names, mean and std
     weights_path: Path  # the .safetensors file the weights came from
     trained_commit: str = ""  # the git commit of the code that trained them ("" when the file does not say)
+    note: str = ""  # why these weights, where a run directory has no final ones ("" otherwise)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -110,12 +114,12 @@ def shape(info: DatasetInfo) -> str:
 
 def load_trained(path: str | Path) -> TrainedModel:
     """The trained model in `path` (a run directory, a checkpoint folder or a .safetensors file), on the CPU."""
-    weights_path = find_weights(Path(path))
+    weights_path, note = find_weights(Path(path))
     state, metadata = read_weights(weights_path)
-    config = read_config(weights_path, metadata)
-    info = dataset_info(config, metadata, weights_path)
-    model = restore_model(config, info, state, weights_path)
-    return TrainedModel(model, config, info, weights_path, metadata.get("git_commit", ""))
+    saved = read_metadata(metadata, weights_path, lambda: config_beside(weights_path))  # every field checked
+    check_run_config(weights_path, saved.config)
+    model = restore_model(saved.config, saved.info, state, weights_path)
+    return TrainedModel(model, saved.config, saved.info, weights_path, saved.git_commit, note)
 
 
 def load_model(
@@ -125,21 +129,34 @@ def load_model(
     in eval mode, and the `preprocess` that turns images into its input (`prepare`: how it treats a PIL
     image, "auto", "none" or "photo", as evaluate.py --prepare). Bad input: a UserError."""
     trained = load_trained(path)
+    if trained.note:  # a run without final weights: its newest checkpoint
+        warnings.warn(trained.note, stacklevel=2)
     return trained.model.to(device), Preprocess(trained.info, prepare)
 
 
-def find_weights(path: Path) -> Path:
+def find_weights(path: Path) -> tuple[Path, str]:
+    """The weights file `path` names, and why these where `path` is a run without final weights ("" otherwise)."""
     if path.is_file():
-        return path
+        return path, ""
     if not path.exists():
         raise CheckpointError(
             f"checkpoint {path} does not exist; pass a run directory (runs/<name>) or a .safetensors file"
         )
     if (path / WEIGHTS_FILE).is_file():
-        return path / WEIGHTS_FILE
-    saved = newest_checkpoint(path)  # a run stopped before its final save
+        return path / WEIGHTS_FILE, ""
+    saved = newest_checkpoint(path)  # a run still training, or stopped before its final save
+    holder = live_holder(path)
+    why = f"it is still training: {describe(holder)} holds it" if holder else "it stopped before its end"
     if saved is not None:
-        return saved / WEIGHTS_FILE
+        return saved / WEIGHTS_FILE, (
+            f"run {path} has no final weights yet ({why}): using its newest checkpoint {saved.name} "
+            f"(step {step_of(saved)})"
+        )
+    if holder:
+        raise CheckpointError(
+            f"run {path} has no weights yet ({why}, and has written no checkpoint): "
+            "wait for its first checkpoint (--checkpoint-every) or its end"
+        )
     raise CheckpointError(f"{path} holds no {WEIGHTS_FILE}; pass a finished run directory or a .safetensors file")
 
 
@@ -156,43 +173,44 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         ) from None
 
 
-def read_config(weights_path: Path, metadata: dict[str, str]) -> Config:
-    """The training config: from the weights' metadata, else the nearest config.yaml above them."""
-    if "config" in metadata:
-        try:
-            values = json.loads(metadata["config"])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{weights_path} holds a damaged config in its metadata; train again") from None
-        source = f"the metadata of {weights_path}"
-    else:
-        found = nearest(weights_path, "config.yaml")
-        if found is None:
-            raise CheckpointError(
-                f"{weights_path} carries no config and there is no config.yaml beside it; "
-                "put the run's config.yaml next to the weights"
-            )
-        values, source = read_yaml_mapping(found, error=CheckpointError, fix="restore it from the run"), str(found)
-        if not values:  # train.py writes every option, so an empty file is a damaged one, not "all defaults"
-            raise CheckpointError(f"{found} is not a config (a mapping of option: value); restore it from the run")
+def config_beside(weights_path: Path) -> Config:
+    """The config of an older weights file, which carries none: the nearest config.yaml above it."""
+    found = nearest(weights_path, "config.yaml")
+    if found is None:
+        raise CheckpointError(
+            f"{weights_path} carries no config and there is no config.yaml beside it; "
+            "put the run's config.yaml next to the weights"
+        )
+    values = read_yaml_mapping(found, error=CheckpointError, fix="restore it from the run")
+    if not values:  # train.py writes every option, so an empty file is a damaged one, not "all defaults"
+        raise CheckpointError(f"{found} is not a config (a mapping of option: value); restore it from the run")
     # Options added after the run was trained take their defaults; options since removed are ignored.
     known = {key: value for key, value in values.items() if key in FIELDS}
     try:
         return make_config(known)
     except UserError as error:
-        raise CheckpointError(f"the config in {source} is not valid: {error}") from None
+        raise CheckpointError(f"the config in {found} is not valid: {error}") from None
 
 
-def dataset_info(config: Config, metadata: dict[str, str], weights_path: Path) -> DatasetInfo:
-    """The dataset the model was trained on: its input shape, classes and normalization, as the weights
-    file says (older files say only the dataset's name: then as data/datasets.py says)."""
-    info = INFO[config.dataset]
-    if "mean" not in metadata:
-        return info
+def check_run_config(weights_path: Path, config: Config) -> None:
+    """Refuse weights whose own config names another model or dataset than the run's config.yaml beside
+    them (a cnn's weights copied into a lenet run), which would be reported as that run's."""
+    found = nearest(weights_path, "config.yaml")
+    if found is None:
+        return
     try:
-        mean, std, names = (tuple(json.loads(metadata[key])) for key in ("mean", "std", "class_names"))
-    except (KeyError, ValueError, TypeError):
-        raise CheckpointError(f"{weights_path} holds damaged metadata; train again") from None
-    return replace(info, mean=mean, std=std, class_names=names)
+        run = read_yaml_mapping(found, error=CheckpointError)
+    except CheckpointError:  # a damaged config.yaml: the weights carry their own config, the one used
+        return
+    ours = {"model": config.model, "dataset": config.dataset}
+    if all(str(run.get(key, value)) == value for key, value in ours.items()):
+        return
+    theirs = {key: run.get(key, value) for key, value in ours.items()}
+    raise CheckpointError(
+        f"{weights_path} holds a {config.model} trained on {config.dataset} (its metadata says so), but "
+        f"{found} is the config of a {theirs['model']} on {theirs['dataset']}: they are not the same run's; "
+        f"put the run's own {weights_path.name} back, or evaluate the file from a folder of its own"
+    )
 
 
 def restore_model(

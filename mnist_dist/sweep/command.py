@@ -62,7 +62,7 @@ def summarize(folder: Path, as_json: bool, plot_path: str | None) -> None:
     picture = None if no_plot else plot(sweep, rows, Path(plot_path) if plot_path else folder / "sweep.png")
     if as_json:
         report = {"sweep": sweep.name, "metric": sweep.metric, "plot": picture and str(picture), "no_plot": no_plot}
-        print(json.dumps(report | {"runs": rows}, indent=2))
+        print(json.dumps(report | {"runs": rows}, indent=2, default=str))  # str: a date a config.yaml holds
         return
     show_table(sweep, rows, whole_line_console())
     print(f"plot: {picture}" if picture else f"no plot: {no_plot}")

@@ -62,7 +62,7 @@ def draw(sweep: Sweep, rows: list[dict]) -> Figure:
     names = varying(sweep, rows)
     scored = [row for row in rows if row["metric"] is not None]
     metrics = [row["metric"] for row in scored]
-    grouped = next((name for name in names if not all(is_number(row["parameters"][name]) for row in rows)), None)
+    grouped = next((name for name in names if not all(is_number(row["parameters"][name]) for row in scored)), None)
     colours = colour_by(sweep, scored, grouped)
     figure = Figure(figsize=(3.2 * len(names) + (1.4 if grouped else 0), 3.0), layout="constrained")
     FigureCanvasAgg(figure)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_dist.cli import read_yaml_mapping
 from mnist_dist.config import FIELDS, make_config
 from mnist_dist.errors import ConfigError, UserError, did_you_mean
+from mnist_dist.yaml_files import read_yaml_mapping
 
 # W&B's top-level keys; those the array does not use (program, command, ...) are allowed so that one
 # file serves both.
@@ -26,6 +26,9 @@ SWEEP_KEYS += ("project", "entity", "early_terminate")
 SPEC_KEYS = ("values", "value", "min", "max", "distribution")
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform")
 METHODS = ("grid", "random")
+METRIC_KEYS = ("name", "goal", "target")  # W&B's; its target (an early stop) is not used here
+GOALS = ("maximize", "minimize")
+METRIC_EXAMPLE = "{name: val/accuracy, goal: maximize}"  # val/accuracy: summary.json's val_accuracy
 
 
 class SweepError(UserError):
@@ -101,11 +104,37 @@ def read_sweep(path: str | Path) -> Sweep:
     if not isinstance(parameters, dict) or not parameters:
         raise SweepError(f"sweep file {path}: no parameters: add a mapping of train.py option: {{values: [...]}}.")
     checked = {str(name): check_parameter(path, str(name), spec, method) for name, spec in parameters.items()}
-    metric = data.get("metric") or {"name": "val/accuracy", "goal": "maximize"}
+    metric, maximize = read_metric(path, data.get("metric"))
     name = str(data.get("name") or path.stem)
     size = sweep_size(path, method, checked, data.get("run_cap"))
-    maximize = metric.get("goal", "maximize") == "maximize"
-    return Sweep(name, method, str(metric.get("name")), maximize, checked, size)
+    return Sweep(name, method, metric, maximize, checked, size)
+
+
+def read_metric(path: Path, metric: Any) -> tuple[str, bool]:
+    """The sweep's metric and whether higher is better: val/accuracy, maximize when the file names none.
+    A metric given needs its goal said: W&B minimizes without one, and a misspelt goal (maximise) would
+    rank the worst run first."""
+    where = f"sweep file {path}, metric"
+    if metric is None:
+        return "val/accuracy", True
+    if not isinstance(metric, dict):
+        named = isinstance(metric, str) and metric.isprintable()  # its text in the example: on one line
+        example = f"{{name: {metric}, goal: maximize}}" if named else METRIC_EXAMPLE
+        raise SweepError(f"{where}: a {type(metric).__name__}, not a mapping: write metric: {example} (or minimize).")
+    for key in metric:
+        if key not in METRIC_KEYS:
+            hint = did_you_mean(str(key), METRIC_KEYS)
+            raise SweepError(f"{where}: unknown key {key!r}.{hint} Use {', '.join(METRIC_KEYS)}.")
+    name, goal = metric.get("name"), metric.get("goal")
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        what = "no name" if name is None else f"name {name!r} is not a metric's name"
+        raise SweepError(f"{where}: {what}: write metric: {METRIC_EXAMPLE}.")
+    if goal is None:
+        raise SweepError(f"{where}: no goal (W&B would minimize {name}): add goal: maximize or goal: minimize.")
+    if goal not in GOALS:
+        hint = did_you_mean(str(goal), GOALS)
+        raise SweepError(f"{where}: unknown goal {goal!r}.{hint} Use goal: maximize or goal: minimize.")
+    return name, goal == "maximize"
 
 
 def sweep_size(path: Path, method: str, parameters: dict[str, dict], run_cap: Any) -> int:

@@ -55,8 +55,9 @@ class TrainingConsole:
             self.console.print(message)
 
     def show_config(self, config: Config, facts: dict[str, Any], sources: dict[str, str], note: str = "") -> None:
-        """The system facts, then only the options that differ from the model's recipe, each with what
-        set it (config.yaml holds them all); then `note` (what is evaluated when) on a line of its own."""
+        """The system facts, then only the options that differ from the model's recipe or were chosen for a
+        resume on another number of processes, each with what set it (config.yaml holds them all); then
+        `note` (what is evaluated when) on a line of its own."""
         if not self.enabled:
             return
         table = Table(title="mnist-dist run", show_header=True, header_style="bold")
@@ -67,7 +68,8 @@ class TrainingConsole:
         expected = {**{name: spec.default for name, spec in FIELDS.items()}, **recipe(config.model)}
         table.add_row("model", config.model, sources.get("model", "default"))
         for name, value in config.to_dict().items():
-            if name != "model" and value != expected[name]:
+            resized = sources.get(name, "").startswith("resumed on")  # chosen to keep a checkpoint's global batch
+            if name != "model" and (value != expected[name] or resized):
                 table.add_row(name, str(value), sources.get(name, "train.py"))  # train.job.resolve: the run's folder
         self.console.print(table)
         if note:

@@ -1,8 +1,8 @@
 """Where metrics go: `metrics.jsonl` in the run directory, and Weights & Biases when enabled.
 
 Main process only. metrics.jsonl gets every row as the trainer names it; W&B (wandb_session.py) gets
-the same rows in run-page sections (train/, epoch/, val/ or test/), then the final results and the model
-(wandb_media.py).
+the same rows in run-page sections (train/, epoch/, val/ or test/), the ranks' step times as charts
+(rank_charts.py), then the final results and the model (wandb_media.py).
 W&B is optional: without the package, or when it fails, training goes on and says so once.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from mnist_dist.atomic import WriteFailed, write_atomically, writing
 from mnist_dist.config import Config
+from mnist_dist.tracking.rank_charts import RankSeries
 from mnist_dist.tracking.wandb_media import log_final_results
 from mnist_dist.tracking.wandb_session import WandbRun, wandb_mode, wandb_names
 
@@ -19,13 +20,15 @@ from mnist_dist.tracking.wandb_session import WandbRun, wandb_mode, wandb_names
 def drop_rows_after(path: Path, step: int) -> None:
     """A resumed run trains the steps after its checkpoint again, and a run that starts over trains
     them all: drop their rows (and a line cut short by a crash) so that metrics.jsonl keeps one row
-    per step, in order."""
+    per step, in order. A resume on another number of processes logs a "world_size" row at its step,
+    which a job resuming from that step again writes anew."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["step"] <= step:
+            row = json.loads(line)
+            if row["step"] < step or row["step"] == step and row["type"] != "world_size":
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
@@ -59,6 +62,7 @@ class Tracker:
         self.wandb: WandbRun | None = None
         self.resumed_run_id = resumed_run_id
         self.trained_samples, self.trained_seconds = 0, 0.0  # this attempt's epochs, for the overall samples/s
+        self.rank_series = RankSeries()  # the "ranks" rows, for W&B's charts (while W&B is on)
         if not enabled:
             return
         if self.metrics_path is not None:
@@ -93,13 +97,23 @@ class Tracker:
             self.metrics_file = None
 
     def log(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
-        """kind: "step" (every log_every optimizer steps) or "epoch". step: global optimizer step."""
+        """kind: "step" (every log_every optimizer steps), "epoch", "ranks" (each rank's step times: W&B
+        charts them at the next epoch row), or "world_size" (a resume on another number of processes: from,
+        to). step: global optimizer step."""
         self.write_row({"type": kind, "step": step, **metrics})
         if kind == "epoch":
             self.trained_samples += metrics.get("train_samples", 0)
             self.trained_seconds += metrics.get("epoch_seconds", 0.0)
-        if self.wandb is not None:
-            self.wandb.log(wandb_names(kind, metrics), step)
+        if self.wandb is None:
+            return
+        if kind == "ranks":  # charted with the next epoch row
+            self.rank_series.add(step, metrics)
+            return
+        names = wandb_names(kind, metrics)
+        if kind == "epoch":
+            charts = lambda: names.update(self.rank_series.charts(self.wandb.wandb))  # noqa: E731
+            self.wandb.attempt("drawing the per-rank charts", charts)
+        self.wandb.log(names, step)
 
     @property
     def run_id(self) -> str | None:

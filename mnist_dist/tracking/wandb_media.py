@@ -1,11 +1,12 @@
 """What goes onto a W&B run page besides the metric rows: charts, tables, figures and the model.
 
-Two callers, both on the main process only:
+Three callers, all on the main process only:
     log_final_results()  end of training (through tracking.Tracker): confusion matrix and predictions
                          table of the final model on the test set, earlier evaluate.py figures, the model
     log_evaluation()     evaluate.py's report, into the training's run or a new job_type=eval run
+    log_stack_dumps()    the end of a job that wrote stack dumps (train/job.py): the folder as one artifact
 
-Neither runs a model: they draw predictions computed once by `evaluation.predict_split`. Every call
+None runs a model: they draw predictions computed once by `evaluation.predict_split`. Every call
 into wandb goes through `WandbRun.attempt`, so a failure says one line and turns W&B off.
 """
 
@@ -118,6 +119,23 @@ def log_model(tracked: WandbRun, path: Path, config: Config, step: int) -> None:
     artifact = tracked.wandb.Artifact(f"model-{tracked.id}", type="model", description=about, metadata=config.to_dict())
     artifact.add_file(str(path), name=path.name)
     tracked.run.log_artifact(artifact, aliases=["latest", f"step-{step}"])
+
+
+def log_stack_dumps(tracked: WandbRun | None, folder: Path | None) -> None:
+    """The run's stack dumps (RUN/stacks: --dump-signal, a lost process, PyTorch's flight recorder) as
+    one artifact, stacks-<run id>, a new version from each job that wrote any. Nothing without a live
+    W&B run (W&B off, not installed, other ranks) or a `folder`; a failure says one line and never
+    costs the run (WandbRun.attempt)."""
+    if tracked is None or not tracked.live or folder is None:
+        return
+
+    def upload() -> None:
+        about = "stack dumps of the run's processes: every thread's Python stack, the step, what it waited in"
+        artifact = tracked.wandb.Artifact(f"stacks-{tracked.id}", type="stacks", description=about)
+        artifact.add_dir(str(folder))
+        tracked.run.log_artifact(artifact)
+
+    tracked.attempt("uploading the stack dumps", upload)
 
 
 def evaluation_run(

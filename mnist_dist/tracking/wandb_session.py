@@ -110,6 +110,10 @@ def wandb_names(kind: str, row: dict[str, Any]) -> dict[str, Any]:
     stays, as an alternative x axis. kind "summary": the final results, whose other keys stay."""
     if kind == "step":
         return {key if key == "epoch" else f"train/{key}": value for key, value in row.items()}
+    if kind == "world_size":  # a resume on another number of processes: a chart of the processes over steps
+        return {"system/world_size": row["to"]}
+    if kind == "ranks":  # each rank's step times: charts of a line per rank at epoch rows (rank_charts.py)
+        return {}
     names = {}
     for key, value in row.items():
         section = key.split("_", 1)[0]

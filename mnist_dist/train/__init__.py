@@ -1,7 +1,8 @@
 """Training: one job from a parsed config (train/job.py: resolve, lock, build, fit, clean up), the
 Trainer loop, model selection on the validation split, progress reports, optimizers and schedules,
-stop signals, and the numbers an epoch and a run report.
+stop signals, stack dumps (stacks.py), each rank's step times and stragglers (stragglers.py), and the
+numbers an epoch and a run report.
 
 May import: everything below it (the foundation, `checkpoint`, `tracking`, `evaluate`). Only the
-commands and `sweep` import it. Nothing is imported here, so `--help` answers without torch.
+commands, `sweep` and `check` import it. Nothing is imported here, so `--help` answers without torch.
 """

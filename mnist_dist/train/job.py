@@ -2,7 +2,13 @@
 checkpoint where there is one), fit, write the final files, always clean up.
 
     train()          the job, start to end
+    Job.start()      start-up, phase by phase, a stop signal honoured between the phases
     resolve()        the run's final config, the same on every rank
+
+Stop signals count from the process's start (commands.train installs the handlers, train/signals.py).
+Before the first step the ranks agree after each start-up phase whether one came, and all end there
+with one line (nothing to save yet); in the loop they checkpoint first; during the final evaluation and
+writes the job finishes them, then ends with its line.
 
 The Trainer's parts are made by train/build.py; the loop is train/loop.py; the final files train/final.py.
 """
@@ -18,23 +24,29 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from mnist_dist.atomic import WriteFailed, write_atomically
-from mnist_dist.checkpoint.reader import PLANNED_SCHEDULES
+from mnist_dist.checkpoint.reader import PLANNED_SCHEDULES, candidates
+from mnist_dist.checkpoint.resize import fit_to_checkpoint
 from mnist_dist.checkpoint.run_lock import RunInUse, RunLock
 from mnist_dist.cli import yaml_text
-from mnist_dist.config import Config
+from mnist_dist.config import Config, stop_signal_names
 from mnist_dist.data.datasets import load_dataset_main_first
 from mnist_dist.distributed import (
     build_accelerator,
     collective_timeout,
+    device_type_of,
     fail_together,
     lost_peer,
+    missed_rendezvous,
     write_on_main,
 )
-from mnist_dist.errors import STOPS, LostProcess, first_line, write_error_log
+from mnist_dist.errors import STOPS, LostProcess, Preempted, first_line, write_error_log
 from mnist_dist.tracking.facts import system_facts
+from mnist_dist.tracking.wandb_media import log_stack_dumps
 from mnist_dist.train.build import build_trainer
 from mnist_dist.train.final import finish
 from mnist_dist.train.loop import Trainer
+from mnist_dist.train.signals import StopRequest
+from mnist_dist.train.stacks import StackDumps
 
 
 def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
@@ -71,10 +83,21 @@ def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
             refusal = error
         except OSError as error:
             refusal = WriteFailed(
-                f"cannot write the run directory {config.run_dir} ({error.strerror}): pass a writable --run-dir."
+                f"cannot write the run directory {config.run_dir} ({error.strerror}); free space or fix "
+                "permissions there, or pass another --run-dir."
             )
     fail_together(accelerator, refusal)
     return lock
+
+
+def keep_the_global_batch(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
+    """Resuming a checkpoint of another number of processes: this run's per-process batch and accumulation
+    keep its global batch (checkpoint/resize.py), and the config table says why."""
+    paths = candidates(config) if config.writes_files else []
+    config, why = fit_to_checkpoint(config, accelerator.num_processes, paths)
+    if why:
+        sources["batch_size"] = sources["grad_accum_steps"] = why
+    return config
 
 
 def save_config(config: Config, accelerator: Accelerator) -> None:
@@ -99,14 +122,30 @@ def report_finished(trainer: Trainer) -> dict:
     return json.loads((config.run_path / "summary.json").read_text())
 
 
-def lost_process_message(trainer: Trainer, reason: str, log: Path | None) -> str:
-    """What a user reads when a collective failed because another process stopped responding or ended."""
+def lost_process_message(trainer: Trainer, reason: str, log: Path | None, answers: str = "") -> str:
+    """What a user reads when a collective failed because another process stopped responding or ended.
+    `answers`: which ranks wrote no stack dump, and where the others' are (StackDumps.after_lost_peer)."""
     kept = trainer.checkpoints.what_is_kept("the last complete checkpoint, {}, is intact")
     seconds = collective_timeout(trainer.config, trainer.accelerator.device.type).total_seconds()
     evidence = f"; the traceback is in {log}" if log else ""
+    answers = f"{answers}; " if answers else ""
     return (
-        f"another process stopped responding or ended, after step {trainer.state.step} ({reason}; a collective "
-        f"waits at most {seconds:g} s, --collective-timeout{evidence}); {kept}: run the same command again to resume."
+        f"another process stopped responding or ended, after step {trainer.state.step} ({answers}{reason}; a "
+        f"collective waits at most {seconds:g} s, --collective-timeout{evidence}); {kept}: run the same command "
+        "again to resume."
+    )
+
+
+def lost_at_start_message(config: Config, reason: str, log: Path | None, answers: str = "") -> str:
+    """lost_process_message for a job that had not trained a step: forming the process group, or a
+    collective of the start-up (the run's name, the lock, the data, the trainer's parts)."""
+    seconds = collective_timeout(config, device_type_of(config)).total_seconds()
+    evidence = f"; the traceback is in {log}" if log else ""
+    answers = f"{answers}; " if answers else ""
+    return (
+        f"another process stopped responding or ended during start-up, before the first step ({answers}{reason}; a "
+        f"collective waits at most {seconds:g} s, --collective-timeout{evidence}): nothing to checkpoint yet; "
+        "run the same command again to start."
     )
 
 
@@ -118,40 +157,117 @@ def keep_evidence(config: Config | None, accelerator: Accelerator, error: BaseEx
     return write_error_log(config.run_path, accelerator.process_index, error)
 
 
-def train(config: Config, sources: dict[str, str] | None = None) -> dict:
-    """`sources`: what set each option (cli.parse_command_line), for the config table."""
-    accelerator = build_accelerator(config)
-    trainer = lock = locked = None
-    try:
-        sources = dict(sources or {})
-        config = resolve(config, accelerator, sources)
-        lock = lock_run_dir(config, accelerator)
-        locked = config  # from here on, the run's folder is this job's: an error's traceback may go there
-        data = load_dataset_main_first(config, accelerator)
-        trainer = build_trainer(config, accelerator, data, system_facts(accelerator), sources)
-        if trainer.already_finished:
-            return report_finished(trainer)
-        save_config(config, accelerator)  # after the checkpoint was found to fit the options
-        started = time.perf_counter()
-        evaluation = trainer.fit()
-        results = finish(trainer, evaluation, time.perf_counter() - started)
+class Job:
+    """What one job holds while it runs, for its end: the Accelerator (the process group), the run
+    folder's lock, the trainer; the stop request that the start-up, the loop and the end consult; the
+    stack dumper, told where the job stands (train/stacks.py)."""
+
+    def __init__(self, stop: StopRequest, stacks: StackDumps | None = None):
+        self.stop = stop
+        self.stacks = stacks or StackDumps()  # without the command's: dumps on a lost peer only
+        self.accelerator: Accelerator | None = None
+        self.lock: RunLock | None = None
+        self.locked: Config | None = None  # the run's folder is this job's: an error's traceback may go there
+        self.trainer: Trainer | None = None
+
+    def start(self, config: Config, sources: dict[str, str]) -> Trainer:
+        """The trainer, made phase by phase: the process group (the rendezvous), the run's config, the run
+        folder's lock, the data, the trainer's parts. The signal handlers only set a flag, so a long phase
+        runs on; after each, the ranks agree whether a stop signal reached any of them (one small gather)
+        and, if one did, all end there together: a rank leaving alone would leave the others waiting."""
+        self.accelerator = build_accelerator(config)
+        config = resolve(config, self.accelerator, sources)
+        self.stop_if_asked()
+        self.lock = lock_run_dir(config, self.accelerator)
+        self.locked = config
+        self.stacks.follow(config, self.accelerator.device.type)  # dumps go to the run folder from now on
+        self.stop_if_asked()  # the lock's release removes the run folder again if this job made it
+        config = keep_the_global_batch(config, self.accelerator, sources)
+        data = load_dataset_main_first(config, self.accelerator)
+        self.stop_if_asked()
+        self.trainer = build_trainer(config, self.accelerator, data, system_facts(self.accelerator), sources, self.stop)
+        self.stacks.follow_state(self.trainer.state)
+        self.stop_if_asked()
+        return self.trainer
+
+    def stop_if_asked(self) -> None:
+        """All ranks end with the stop's one line (Preempted, said once) when any rank was asked to stop."""
+        fail_together(self.accelerator, self.stop.before_first_step())
+
+    def end(self, config: Config) -> None:
+        """After the final files: a stop signal that came during the final evaluation and writes, on any
+        rank, ends every rank with its line; they were finished, so the run's record is whole."""
+        record = (
+            f"so the run is complete in {config.run_dir} (model.safetensors, summary.json): the same command reports "
+            "it finished"
+            if config.writes_files
+            else "a dry run writes no files"
+        )
+        fail_together(self.accelerator, self.stop.after_the_final_files(record))
         # No rank tears the process group down while another still talks in it: a gloo rank that
         # leaves early can abort the others ("terminate called without an active exception").
-        accelerator.wait_for_everyone()
-        return results
+        self.accelerator.wait_for_everyone()
+
+    def ending_of(self, config: Config, error: Exception) -> LostProcess | Preempted | None:
+        """What an unexpected error ends the job with, its traceback kept in the run's folder first: None
+        (its traceback) unless another process stopped responding or ended. Then LostProcess; during
+        start-up, the stop this rank was asked for if it was (its line, once: a launcher or SLURM that ends
+        one rank signals the others), else LostProcess's start-up line (no checkpoint to name). Every
+        live rank writes its stack dump first, and the line names the ranks that wrote none."""
+        log = keep_evidence(self.locked, self.accelerator, error)
+        if not (lost_peer(error) or missed_rendezvous(error)):
+            return None
+        stopped = self.stop.before_first_step() if self.trainer is None else None
+        if stopped is not None:
+            return stopped
+        answers = self.stacks.after_lost_peer(error)
+        if self.trainer is None:
+            return LostProcess(lost_at_start_message(config, first_line(error), log, answers))
+        return LostProcess(lost_process_message(self.trainer, first_line(error), log, answers))
+
+    def close(self) -> None:
+        if self.trainer is not None:
+            log_stack_dumps(self.trainer.tracker.wandb, self.stacks.written())  # W&B on: one artifact of the run
+            self.trainer.close()
+        self.stacks.tidy()  # before the lock's release, which removes a run folder left empty
+        if self.lock is not None:
+            self.lock.release()  # also removes a run directory this job made and left empty
+        if self.accelerator is not None:  # None when the process group could not form
+            leave_group(self.accelerator)
+
+
+def train(
+    config: Config,
+    sources: dict[str, str] | None = None,
+    stop: StopRequest | None = None,
+    stacks: StackDumps | None = None,
+) -> dict:
+    """`sources`: what set each option (cli.parse_command_line), for the config table. `stop`: the
+    command's StopRequest, its handlers installed since the process started (commands.train); without
+    one, the job installs its own. `stacks`: the command's stack dumper (its signal waited for since the
+    process started); without one, stacks are dumped on a lost peer only."""
+    stop = stop or StopRequest(stop_signal_names(config.stop_signals))
+    job = Job(stop, stacks)
+    try:
+        with stop:
+            trainer = job.start(config, dict(sources or {}))
+            if trainer.already_finished:
+                return report_finished(trainer)
+            save_config(trainer.config, job.accelerator)  # after the checkpoint was found to fit the options
+            started = time.perf_counter()
+            evaluation = trainer.fit()
+            results = finish(trainer, evaluation, time.perf_counter() - started)
+            job.end(trainer.config)
+            return results
     except (*STOPS, KeyboardInterrupt):  # expected: each says what happened in its one line
         raise
     except Exception as error:  # a bug, or a failure of the machine or of another process
-        log = keep_evidence(locked, accelerator, error)
-        if trainer is None or not lost_peer(error):
+        ending = job.ending_of(config, error)
+        if ending is None:
             raise
-        raise LostProcess(lost_process_message(trainer, first_line(error), log)) from None
+        raise ending from None
     finally:
-        if trainer is not None:
-            trainer.close()
-        if lock is not None:
-            lock.release()  # also removes a run directory this job made and left empty
-        leave_group(accelerator)
+        job.close()
 
 
 def leave_group(accelerator: Accelerator) -> None:

@@ -12,7 +12,7 @@ its own shard; the main process prints, logs and saves.
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from mnist_dist.train.progress import ProgressReport
 from mnist_dist.train.results import EpochSums, epoch_row
 from mnist_dist.train.selection import ModelSelection
 from mnist_dist.train.signals import StopRequest
+from mnist_dist.train.stragglers import StepTimer
 
 
 @dataclass(eq=False)
@@ -67,6 +68,9 @@ class Trainer:
     stop: StopRequest  # --stop-signals (SIGTERM/SIGUSR1/Ctrl-C by default) -> checkpoint and exit, in fit()
     agreement: Agreement  # the ranks agree on a stop signal, a non-finite loss, a failed write
     checkpoints: CheckpointWriter
+    # This rank's data wait, forward and step times, which the agreement gathers (train/stragglers.py).
+    # The launch check (check/equivalence.py) takes steps without one: a CPU timer nobody reads.
+    timer: StepTimer = field(default_factory=StepTimer)
 
     def finished(self) -> bool:
         """The epochs or --max-steps reached, or early stopping."""
@@ -95,15 +99,17 @@ class Trainer:
         """Train the steps of `plan`; return the epoch's loss, accuracy and samples over all ranks, and its seconds."""
         self.model.train()
         self.loader.set_epoch(plan.epoch, plan.skip_batches)  # a new shuffle each epoch, the same on every rank
-        self.progress.start_epoch(plan.epoch, self.config.epochs, plan.first_step, plan.last_step, self.sums.loss)
+        self.progress.start_epoch(plan.epoch, self.config.epochs, plan.first_step, plan.last_step, self.sums)
         started = time.perf_counter()
-        groups, trained = accumulation_groups(self.loader, self.config.grad_accum_steps), 0
+        batches = self.timer.batches(self.loader)  # the wait for each batch timed
+        groups, trained = accumulation_groups(batches, self.config.grad_accum_steps), 0
         for step_in_epoch, group in zip(range(plan.first_step, plan.last_step + 1), groups):
             samples = self.train_step(group)
+            self.timer.end_step()
             trained += samples
             self.state.batches_done += len(group)
             step, lr = self.state.step, self.scheduler.get_last_lr()[0]
-            self.progress.after_step(step, step_in_epoch, samples, self.sums.loss, lr)
+            self.progress.after_step(step, step_in_epoch, samples, self.sums, lr)
             self.agreement.check(step)  # every CHECK_EVERY steps
             self.checkpoints.save_if_due(step, last_of_epoch=step_in_epoch == plan.last_step)
         seconds = time.perf_counter() - started
@@ -123,8 +129,9 @@ class Trainer:
             # Gradients are all-reduced only on the group's last backward.
             sync = index == len(group) - 1
             with nullcontext() if sync else self.accelerator.no_sync(self.model):
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+                with self.timer.forward:  # this rank's own work, before the collective where all ranks wait
+                    logits = self.model(images)
+                    loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
                 self.accelerator.backward(loss / len(group))
             sums.loss += loss.detach() * len(labels)
             sums.correct += (logits.detach().argmax(dim=1) == labels).sum()

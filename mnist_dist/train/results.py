@@ -12,23 +12,30 @@ class EpochSums:
     """This rank's running sums over the epoch, kept on the device so that adding costs no host sync.
 
     A NaN or inf loss stays in `loss` (a sum of non-negative losses), which the ranks' agreement reads.
-    A checkpoint saves them (`saved`), so a run resumed inside an epoch reports the whole epoch.
+    `row_loss` and `row_samples` are `loss` and `samples` at the epoch's last metrics row, so that the
+    next row averages from there. A checkpoint saves them all (`saved`): a run resumed inside an epoch
+    reports the whole epoch, and its first row what the uninterrupted run logged.
     """
+
+    NAMES = ("loss", "correct", "samples", "row_loss", "row_samples")
 
     def __init__(self, device: torch.device, saved: dict | None = None):
         sums = saved["epoch_sums"] if saved else {}
-        self.loss = sums.get("loss", torch.zeros((), dtype=torch.float64)).to(device)
-        self.correct = sums.get("correct", torch.zeros((), dtype=torch.int64)).to(device)
-        self.samples = sums.get("samples", torch.zeros((), dtype=torch.int64)).to(device)
+        for name in self.NAMES:
+            dtype = torch.float64 if name.endswith("loss") else torch.int64
+            setattr(self, name, sums.get(name, torch.zeros((), dtype=dtype)).to(device))
 
     def reset(self) -> None:
         """Zero for a new epoch, in place: the agreement and the checkpoints hold this object."""
-        self.loss, self.correct, self.samples = (
-            torch.zeros_like(value) for value in (self.loss, self.correct, self.samples)
-        )
+        for name in self.NAMES:
+            setattr(self, name, torch.zeros_like(getattr(self, name)))
+
+    def mark_row(self) -> None:
+        """A metrics row was logged now: the next one averages from here (no host sync)."""
+        self.row_loss, self.row_samples = self.loss.clone(), self.samples.clone()
 
     def saved(self) -> dict:
-        return {"epoch_sums": {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "samples": self.samples.cpu()}}
+        return {"epoch_sums": {name: getattr(self, name).cpu() for name in self.NAMES}}
 
     def over_ranks(self, accelerator: Accelerator) -> dict:
         """The epoch's train loss, accuracy and samples over every rank's samples (one all-reduce)."""
@@ -62,6 +69,7 @@ def final_results(
     seconds: float,
     facts: dict,
     steps_per_epoch: int,
+    ranks: dict,
 ) -> dict:
     """summary.json: the kept weights' test loss and accuracy (and validation accuracy, when a
     validation split chose them), the last weights' validation accuracy, how far training went, its
@@ -69,6 +77,7 @@ def final_results(
 
     `last`: the last epoch's evaluation (on the validation split when there is one, else on test).
     "epochs" counts whole epochs; with "steps" and "steps_per_epoch" it tells where --max-steps stopped.
+    `ranks`: each rank's host and step times, and the slowest rank's cost (train/stragglers.py).
     """
     chosen = state.best_step >= 0  # a validation split chose the weights
     selection = {"kept": "best" if chosen else "last", "kept_step": kept_step}
@@ -81,6 +90,8 @@ def final_results(
         "epochs": state.epoch,
         "steps": state.step,
         "steps_per_epoch": steps_per_epoch,
+        "world_size_changes": state.world_size_changes,  # resumes on another number of processes
         "seconds": seconds,
+        "ranks": ranks,
         **facts,
     }

@@ -2,7 +2,11 @@
 
 import importlib.util
 import json
+import os
+import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mnist_dist import load_model
-from mnist_dist.checkpoint.weights import model_metadata, weights_bytes
+from mnist_dist.checkpoint.layout import newest_checkpoint
+from mnist_dist.checkpoint.weights import cpu_weights, model_metadata, weights_bytes
 from mnist_dist.config import make_config
 from mnist_dist.data.datasets import INFO
 from mnist_dist.data.user_images import mnist_field
@@ -274,3 +279,84 @@ def test_prepare_none_refuses_an_image_of_another_size_in_one_line(tmp_path, cap
     assert main("--checkpoint", weights_path, "--predict", tmp_path / "photo.png", "--prepare", "none") == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert str(tmp_path / "photo.png") in line and "200x150, not 28x28" in line and "--prepare photo" in line
+
+
+def test_a_fifo_or_a_device_is_one_error_and_the_next_image_still_classified(tmp_path):
+    weights_path = two_region_weights(tmp_path / "model.safetensors")
+    os.mkfifo(tmp_path / "pipe.png")  # open() of a FIFO waits for a writer: none comes
+    field = np.zeros((28, 28), dtype=np.uint8)
+    field[2:8, 2:8] = 255  # ink in the top-left corner: 7
+    Image.fromarray(field).save(tmp_path / "seven.png")
+    images = [tmp_path / "pipe.png", "/dev/null", tmp_path / "seven.png"]
+    # In a process of its own, with a timeout: a regression blocks on the FIFO for good.
+    result = run_script("evaluate.py", ["--checkpoint", weights_path, "--predict", *images], timeout=60)
+    assert result.returncode == 2, result.stderr
+    fix = "pass image files (PNG, JPEG) or folders of them"
+    assert error_lines(result.stderr) == [
+        f"error: {tmp_path / 'pipe.png'}: not an image file but a FIFO (named pipe); {fix}",
+        f"error: /dev/null: not an image file but a device; {fix}",
+    ]
+    assert f"{tmp_path / 'seven.png'}: 7 " in result.stdout
+
+
+def zero_std_weights(path) -> Path:
+    """Weights whose metadata says std [0]: every image would normalize to NaN."""
+    two_region_weights(path)
+    with safe_open(str(path), framework="pt") as file:
+        metadata, weights = file.metadata(), {name: file.get_tensor(name) for name in file.keys()}
+    path.write_bytes(weights_bytes(weights, {**metadata, "std": "[0]"}))
+    return path
+
+
+@pytest.mark.parametrize("task", ["report", "predict", "export"])
+def test_metadata_that_would_give_nan_is_one_line_in_every_task(task, tmp_path, capsys):
+    weights_path = zero_std_weights(tmp_path / "model.safetensors")
+    Image.new("L", (28, 28)).save(tmp_path / "black.png")
+    flags = {
+        "report": ["--out", tmp_path / "out"],
+        "predict": ["--predict", tmp_path / "black.png"],
+        "export": ["--export", tmp_path / "out.pt2"],
+    }[task]
+    assert main("--checkpoint", weights_path, *flags) == 2
+    captured = capsys.readouterr()
+    (line,) = error_lines(captured.err)
+    assert line.startswith(f"error: {weights_path}: its metadata's std is [0]: each must be a number from 0.001")
+    assert "nan" not in captured.out.lower()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.pt2").exists()
+
+
+def test_a_run_still_training_reports_its_newest_checkpoint_in_the_runs_eval_folder(
+    lenet_five_steps, data_dir, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(lenet_five_steps, run)
+    for name in ("model.safetensors", "last.safetensors", "summary.json"):  # not written until the run ends
+        (run / name).unlink()
+    facts = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": None, "heartbeat": time.time()}
+    (run / ".lock").write_text(json.dumps(facts) + "\n")  # held by this test's process: alive
+    checkpoint = newest_checkpoint(run)
+    result = run_script("evaluate.py", ["--checkpoint", run, "--data-dir", data_dir])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.splitlines()[0] == (
+        f"note: run {run} has no final weights yet (it is still training: process {os.getpid()} on "
+        f"{socket.gethostname()} holds it): using its newest checkpoint {checkpoint.name} (step 5)"
+    )
+    metrics = json.loads((run / "eval" / checkpoint.name / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(checkpoint / "model.safetensors") and metrics["samples"] == 5000
+    assert not [path for path in (run / "checkpoints").rglob("*") if "eval" in path.name]  # nothing written there
+
+
+def test_weights_of_another_model_in_a_run_are_refused_in_one_line(lenet_five_steps, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(lenet_five_steps, run)
+    cnn = make_config({"model": "cnn", "dataset": "digits"})  # a cnn's weights copied into the lenet run
+    weights = cpu_weights(build_model("cnn", INFO["digits"]))
+    (run / "model.safetensors").write_bytes(weights_bytes(weights, model_metadata(cnn, INFO["digits"], step=1)))
+    assert main("--checkpoint", run) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line == (
+        f"error: {run / 'model.safetensors'} holds a cnn trained on digits (its metadata says so), but "
+        f"{run / 'config.yaml'} is the config of a lenet on digits: they are not the same run's; "
+        "put the run's own model.safetensors back, or evaluate the file from a folder of its own"
+    )
+    assert not (run / "eval").exists()

@@ -58,6 +58,16 @@ def assert_no_temporaries(folder) -> None:
     assert not left, left
 
 
+def test_a_full_disk_at_the_lock_leaves_no_lock_no_temporary_and_no_folder(disk, data_dir):
+    """The lock is the run's first write: its facts go to a temporary file first, which fails here."""
+    run_dir = disk.path / "runs" / "run"  # two folders this job makes
+    (disk.path / "filler").write_bytes(b"x")  # one page used: a tmpfs of size 0 would have no limit at all
+    disk.leave_free(0)
+    failed = train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", check=False)
+    assert_clean_error(failed, f"cannot write the run directory {run_dir} (No space left on device)")
+    assert [path.name for path in disk.path.iterdir()] == ["filler"]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, processes):
     """Only the main process writes config.yaml: every rank ends with its line, none waits for it."""

@@ -17,7 +17,18 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from helpers import assert_same_weights, deterministic_args, made_once, metrics_rows, start_script, wait_for, workers
+from helpers import (
+    assert_same_weights,
+    deterministic_args,
+    made_once,
+    metrics_rows,
+    start_script,
+    wait_for,
+    workers,
+)
+from safetensors.torch import save_file
+
+from mnist_dist.train.stacks import ANSWER_SECONDS
 
 # 240 optimizer steps inside the first epoch (digits has 20,000 training images), checkpoints every 40,
 # a metrics.jsonl row every 10 (logging changes no weights).
@@ -165,6 +176,12 @@ def test_ctrl_c_checkpoints_exits_3_and_the_same_command_resumes(processes, unin
     code, stdout, stderr = run(run_dir, data_dir, processes)
     assert code == 0 and "resumed from" in stdout, stderr[-3000:]
     assert_same_weights(run_dir, uninterrupted(processes), WEIGHTS_DIFFER)
+    # Stopped at any step, between two rows: each row, the first after the resume too, as uninterrupted.
+    assert step_rows(run_dir) == step_rows(uninterrupted(processes))
+
+
+def step_rows(run_dir: Path) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in metrics_rows(run_dir) if row["type"] == "step"]
 
 
 def test_a_stopped_rank_ends_the_job_after_the_timeout_and_the_same_command_resumes(uninterrupted, data_dir, tmp_path):
@@ -175,7 +192,12 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout_and_the_same_command_resu
     rank1.suspend()  # SIGSTOP: a stuck node, or a process swapped out
     started = time.monotonic()
     try:
-        rank0.wait(timeout=60)  # it gives up after the collective's 15 s
+        # Rank 0 now waits in a collective, and still dumps its stacks at once on SIGQUIT (train/stacks.py).
+        time.sleep(2)
+        rank0.send_signal(signal.SIGQUIT)
+        wait_for(run_dir / "stacks", process, timeout=5)
+        asked = time.monotonic() - started
+        rank0.wait(timeout=60)  # it gives up after the collective's 15 s, and waits ANSWER_SECONDS for dumps
         gave_up = time.monotonic() - started
         # torchrun would SIGKILL the stopped rank 30 s after rank 0 ended (it cannot act on SIGTERM):
         # the same end, without the wait.
@@ -184,14 +206,23 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout_and_the_same_command_resu
     finally:
         with contextlib.suppress(psutil.NoSuchProcess):
             rank1.resume()
-    assert gave_up < 15 + 15
+    assert asked < 15 and gave_up < 15 + ANSWER_SECONDS + 15
     assert code != 0 and re.search(r"exitcode\s*:\s*5\b", stderr), stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "another process stopped responding or ended" in lines[0], stderr[-3000:]
     assert "a collective waits at most 15 s" in lines[0] and "is intact" in lines[0]
-    # The one line does not cost the evidence: rank 0's full traceback is in the run's folder.
+    # The one line does not cost the evidence: rank 0's full traceback is in the run's folder, and its
+    # stacks; the line names the rank that wrote none.
     log = run_dir / "error-rank-0.log"
     assert f"the traceback is in {log}" in lines[0] and "Traceback" in log.read_text()
+    assert f"(rank 1 did not answer, the stacks of the others are in {run_dir / 'stacks'}; " in lines[0]
+    assert not list((run_dir / "stacks").glob("rank-1-*"))
+    on_demand, lost = [path.read_text() for path in sorted((run_dir / "stacks").glob("rank-0-*.txt"))]
+    assert "why: SIGQUIT" in on_demand and "why: a collective failed" in lost
+    assert "where the collective failed: " in lost and 'File "' in lost
+    # Both name the step rank 0 was blocked at: the first while it waited in the collective.
+    where = [re.search(r"^where: step (\d+), epoch 0$", text, re.MULTILINE).group(1) for text in (on_demand, lost)]
+    assert where[0] == where[1] and int(where[0]) >= 40
     code, stdout, stderr = run(run_dir, data_dir, 2, timeout)
     assert code == 0 and "resumed from" in stdout, stderr[-3000:]
     assert_same_weights(run_dir, uninterrupted(2), WEIGHTS_DIFFER)
@@ -259,6 +290,20 @@ def remove_rank_file(checkpoint: Path, rank: int) -> None:
     (checkpoint / f"rank-{rank}.pt").unlink()  # the last rank's only: the others could load it
 
 
+def huge_step(checkpoint: Path, rank: int) -> None:
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, "step": 999999}))  # valid JSON, a lie
+
+
+def other_model(checkpoint: Path, rank: int) -> None:
+    save_file({"weight": torch.zeros(10, 784), "bias": torch.zeros(10)}, checkpoint / "model.safetensors")
+
+
+def bad_epoch_sums(checkpoint: Path, rank: int) -> None:
+    path = checkpoint / f"rank-{rank}.pt"
+    torch.save({**torch.load(path), "epoch_sums": {"loss": "a lot"}}, path)
+
+
 @pytest.fixture(scope="module")
 def killed_after_160(tmp_path_factory, data_dir):
     """`killed_after_160(processes)`: a run SIGKILLed once its checkpoint of step 160 is complete, made once
@@ -270,8 +315,16 @@ def killed_after_160(tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize(
     "damage, processes",
-    [(truncate_weights, 1), (string_step, 1), (null_state, 1), (remove_rank_file, 2)],
-    ids=["truncated-weights", "string-step", "null-state", "missing-rank-file"],
+    [
+        (truncate_weights, 1),
+        (string_step, 1),
+        (null_state, 1),
+        (remove_rank_file, 2),
+        (huge_step, 1),
+        (other_model, 1),
+        (bad_epoch_sums, 2),
+    ],
+    ids=["truncated-weights", "string-step", "null-state", "missing-rank-file", "huge-step", "other-model", "sums"],
 )
 def test_auto_resume_skips_a_damaged_newest_checkpoint_and_ends_identical(
     damage, processes, uninterrupted, killed_after_160, data_dir, tmp_path

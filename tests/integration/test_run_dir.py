@@ -60,7 +60,7 @@ def test_a_refused_rerun_and_a_failed_start_change_nothing(lenet_five_steps, dat
     shutil.copytree(lenet_five_steps, run_dir)
     written = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
     refused = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "5", "--batch-size", "32"))
-    assert_clean_error(refused, "was written with batch_size=")
+    assert_clean_error(refused, "was written with a global batch of")
     assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == written
     new_dir = tmp_path / "new" / "run"
     no_data = ["--dataset", "mnist", "--no-download", "--data-dir", tmp_path / "no-data"]
@@ -81,9 +81,46 @@ def test_a_finished_run_run_again_says_so_and_rewrites_nothing(lenet_five_steps,
     assert {
         path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()
     } == files
-    further = run_script("train.py", lenet_args(data_dir, run_dir, "--max-steps", "8", "--schedule", "none"))
+    further_args = lenet_args(data_dir, run_dir, "--max-steps", "8", "--schedule", "none")
+    further = run_script("train.py", further_args)
     assert further.returncode == 0 and "resumed from" in further.stdout, further.stderr[-3000:]
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 8
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 8
+
+    # SIGKILLed between its final files: the new weights written, summary.json still step 5's, its .tmp behind.
+    (run_dir / "summary.json").write_bytes(files[run_dir / "summary.json"][0])
+    (run_dir / "summary.json.tmp").write_text('{"test_accura')
+    repaired = run_script("train.py", further_args)
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert f"run {run_dir} trained to step 8 but has summary.json of step 5: writing its final files" in repaired.stdout
+    rewritten = json.loads((run_dir / "summary.json").read_text())
+    assert {key: rewritten[key] for key in ("steps", "test_accuracy", "kept_step")} == {
+        key: summary[key] for key in ("steps", "test_accuracy", "kept_step")
+    }
+    assert not (run_dir / "summary.json.tmp").exists()
+    again = run_script("train.py", further_args)
+    assert f"run {run_dir} has finished (step 8, epoch 0): nothing to do" in again.stdout, again.stderr[-3000:]
+
+
+def test_a_trained_run_whose_checkpoints_are_gone_refuses_and_changes_nothing(lenet_five_steps, data_dir, tmp_path):
+    """A purged scratch or an unmounted checkpoints/ (a dangling link): no silent start from step 0 over the
+    run's records."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(lenet_five_steps, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").symlink_to(tmp_path / "scratch" / "checkpoints")
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
+    result = run_script("train.py", lenet_args(data_dir, run_dir, *LENET_FIVE_STEPS))
+    assert_clean_error(
+        result,
+        f"run folder {run_dir} has trained before (model.safetensors, last.safetensors, summary.json, checkpoints/ "
+        f"is a link to {tmp_path / 'scratch' / 'checkpoints'}, which does not exist)",
+        "Restore its checkpoints/, or start over with --resume none",
+    )
+    assert {
+        path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()
+    } == files
+    assert not (run_dir / LOCK_FILE).exists()
 
 
 def test_a_onecycle_run_cannot_be_trained_further(data_dir, tmp_path):

@@ -10,6 +10,7 @@ The requeued job must resume from the checkpoint and end with exactly the weight
 uninterrupted job (--deterministic, the same seed and world size).
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -84,7 +85,7 @@ def uninterrupted(cluster, data_dir, tmp_path_factory) -> Job:
 
 def test_job_scripts_pass_bash_n_and_shellcheck():
     scripts = sorted(SCRIPTS.glob("*.sbatch")) + [SCRIPTS / "common.sh"]
-    assert len(scripts) == 5
+    assert len(scripts) == 6
     for script in scripts:
         result = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
         assert result.returncode == 0, f"bash -n {script.name}: {result.stderr}"
@@ -119,7 +120,7 @@ def test_cpu_sbatch_as_written_starts_on_a_two_cpu_node_and_logs_in_slurm_logs(u
     assert summary["test_accuracy"] > 0.5
     assert (job.run_dir / "model.safetensors").is_file()
     rows = metrics_rows(job.run_dir)
-    assert {row["type"] for row in rows} == {"step", "epoch"}
+    assert {row["type"] for row in rows} == {"step", "epoch", "ranks"}
     # The default run name comes from the job id, which a requeued job keeps.
     assert f"run_name: slurm-{job.id}" in (job.run_dir / "config.yaml").read_text()
     assert "training finished" in job.output()
@@ -207,3 +208,24 @@ def test_an_error_of_every_rank_under_srun_is_said_once(cluster, data_dir, tmp_p
         assert len(lines) == 1 and "unknown optimizer 'sgdd'" in lines[0], job.output()
     finally:
         job.log.unlink(missing_ok=True)  # the repository's slurm-logs/ keeps no test's log
+
+
+def test_a_job_of_two_tasks_stopped_and_submitted_again_with_one_task_resumes(cluster, data_dir, tmp_path):
+    # USR1 to the job's steps only, not to the batch shell, which would requeue the job: the 2 tasks checkpoint
+    # and exit 3 and the job ends; the same run submitted again on 1 task keeps the global batch
+    # (2 x 32 -> 1 x 64) and goes on from there.
+    for folder in ("first", "second"):
+        (tmp_path / folder).mkdir()  # sbatch does not make its --output folder
+    first = Job(cluster, "cpu.sbatch", tmp_path / "first", data_dir, ["--ntasks=2", "--cpus-per-task=1"])
+    first.wait_for_file(first.run_dir / "checkpoints" / "step-000040" / "COMPLETE")
+    cluster.command("scancel", "--signal=USR1", str(first.id))
+    cluster.wait_for_job(first.id, {"FAILED"}, timeout=90)
+    assert re.search(r"stopped by SIGUSR1 after step \d+: checkpoint .* written", first.output()), first.output()
+    step = int((first.run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
+    options = ["--ntasks=1", "--cpus-per-task=1"]
+    second = Job(cluster, "cpu.sbatch", tmp_path / "second", data_dir, options, ["--run-dir", first.run_dir])
+    second.wait_until_completed()
+    assert f"from 2 processes to 1 at step {step})" in second.output(), second.output()
+    summary = json.loads((first.run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 240
+    assert summary["world_size_changes"] == [{"step": step, "from": 2, "to": 1}]

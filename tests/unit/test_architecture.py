@@ -7,8 +7,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "mnist_dist"
 
 # The layers, lowest first. A module may import its own package and anything in a lower layer.
-FOUNDATION = {"errors", "config", "recipes", "cli", "atomic", "distributed", "models", "data"}
-LAYERS = [FOUNDATION, {"checkpoint"}, {"tracking"}, {"evaluate"}, {"train"}, {"sweep", "commands", "__init__"}]
+FOUNDATION = {"errors", "config", "recipes", "cli", "yaml_files", "atomic", "distributed", "models", "data"}
+LAYERS = [FOUNDATION, {"checkpoint"}, {"tracking"}, {"evaluate"}, {"train"}, {"sweep", "check", "commands", "__init__"}]
 
 
 def layer_of(part: str) -> int:
@@ -55,7 +55,7 @@ def test_the_top_level_holds_only_what_every_part_shares():
     modules = sorted(path.stem for path in PACKAGE.glob("*.py"))
     assert len(modules) <= 10, modules
     packages = sorted(path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file())
-    assert packages == ["checkpoint", "data", "evaluate", "sweep", "tracking", "train"]
+    assert packages == ["check", "checkpoint", "data", "evaluate", "sweep", "tracking", "train"]
 
 
 def test_every_subpackage_says_what_lives_there_and_imports_nothing():

@@ -4,18 +4,23 @@ refused, what a failed save leaves, and what --resume auto does with a damaged c
 import dataclasses
 import errno
 import random
+import shutil
 
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 
 from mnist_dist.checkpoint import writer
 from mnist_dist.checkpoint.layout import complete_checkpoints
-from mnist_dist.checkpoint.reader import DamagedCheckpoint, candidates, resume
+from mnist_dist.checkpoint.reader import DamagedCheckpoint, Target, candidates, resume
 from mnist_dist.checkpoint.state import TrainingState
+from mnist_dist.checkpoint.trust import NothingToResume
 from mnist_dist.checkpoint.writer import CheckpointWriter, Contents
 from mnist_dist.config import make_config
 from mnist_dist.errors import UserError
+
+BATCH, BATCHES_PER_EPOCH = 4, 1000  # the plan a Run's checkpoints must fit
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,9 @@ class Run:
     """A tiny model, its optimizer and schedule, and a writer of their checkpoints."""
 
     def __init__(self, accelerator: Accelerator, tmp_path, **options):
-        self.config = make_config({"keep_checkpoints": 2, "model": "linear", "run_dir": str(tmp_path), **options})
+        self.config = make_config(
+            {"keep_checkpoints": 2, "model": "linear", "batch_size": BATCH, "run_dir": str(tmp_path), **options}
+        )
         self.accelerator = accelerator
         model = torch.nn.Linear(3, 2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -39,19 +46,24 @@ class Run:
         self.folder = tmp_path / "checkpoints"
 
     def rank_state(self) -> dict:
-        return {"epoch_sums": {"loss": torch.tensor(float(self.state.step))}}
+        """A rank's running sums as the trainer keeps them: BATCH samples a step, each of loss 1."""
+        samples = self.state.batches_done * BATCH
+        as_sums = {"loss": torch.tensor(float(samples), dtype=torch.float64), "correct": torch.tensor(0)}
+        return {"epoch_sums": {**as_sums, "samples": torch.tensor(samples)}}
 
     def best(self) -> dict | None:
         return self.model.state_dict() if self.state.best_step >= 0 else None  # a best accuracy comes with its weights
 
     def save(self, step: int, best_step: int = -1):
-        self.state.step, self.state.best_step = step, best_step
+        """A checkpoint after `step` steps of one long epoch (a batch a step)."""
+        self.state.step, self.state.batches_done, self.state.best_step = step, step, best_step
         return self.writer.save()
 
     def resume(self, where: str, say=print, **options):
         """Resume this run's model, optimizer and schedule as --resume `where` does, with `options` changed."""
         config = dataclasses.replace(self.config, resume=where, **options)
-        return resume(config, self.accelerator, self.model, self.optimizer, self.scheduler, say)
+        target = Target(self.model, self.optimizer, self.scheduler, train_samples=BATCHES_PER_EPOCH * BATCH)
+        return resume(config, self.accelerator, target, say)
 
 
 @pytest.fixture
@@ -87,7 +99,9 @@ def test_resume_restores_weights_optimizer_schedule_and_rng(run):
         run.model.weight.add_(1.0)
     run.scheduler.step()
     loaded = run.resume(str(path))
-    assert loaded.path == path and loaded.state.step == 7 and loaded.rank_state["epoch_sums"]["loss"].item() == 7.0
+    assert (
+        loaded.path == path and loaded.state.step == 7 and loaded.rank_state["epoch_sums"]["loss"].item() == 7.0 * BATCH
+    )
     assert all(torch.equal(run.model.state_dict()[k], v) for k, v in expected_weights.items())
     assert run.scheduler.last_epoch == 1
     assert (random.random(), *torch.rand(3).tolist()) == (expected_draws[0], *expected_draws[1].tolist())
@@ -144,10 +158,14 @@ def test_a_path_without_a_complete_checkpoint_is_refused(run, tmp_path):
 @pytest.mark.parametrize(
     "saved, edited, error, message",
     [
-        ('"batches_done": 0', '"batches_done": -1', DamagedCheckpoint, "no valid state.json.*batches_done is -1"),
-        ('"world_size": 1', '"world_size": 4', UserError, "written by 4 processes"),
+        ('"epochs_since_best": 0', '"epochs_since_best": -1', DamagedCheckpoint, "no valid state.json.*is -1"),
+        ('"world_size": 1', '"world_size": 4', UserError, "global batch of 16 .4 processes x 4 x 1 accumulated"),
+        ('"step": 10', '"step": 999999', DamagedCheckpoint, "says step 999999, its folder step-000010"),
+        ('"batches_done": 10', '"batches_done": 100000', DamagedCheckpoint, "batches_done is 100000, an epoch has"),
+        ('"epoch": 0', '"epoch": 50', DamagedCheckpoint, "step 10 does not follow from epoch 50"),
+        ('"best_step": -1', '"best_step": 11', DamagedCheckpoint, "best_step 11 lies after step 10"),
     ],
-    ids=["a negative counter is damage", "another world size is refused"],
+    ids=["a negative counter", "another world size", "a step", "batches done", "an epoch", "a best step"],
 )
 def test_an_edited_state_json_is_refused(run, saved, edited, error, message):
     path = run.save(10)
@@ -170,3 +188,49 @@ def test_a_dry_run_writes_and_resumes_nothing(accelerator, tmp_path):
     run = Run(accelerator, tmp_path, dry_run=True)
     assert run.save(10) is None and not run.folder.exists()
     assert run.resume("auto") is None
+
+
+def test_a_checkpoint_of_other_weights_sums_or_rng_is_skipped_for_the_one_before(run, accelerator, tmp_path):
+    """A newest checkpoint whose files load but do not fit this run is damage: --resume auto takes the older one."""
+    good = run.save(10)
+    damages = {
+        "another model's weights": lambda path: save_file({"weight": torch.zeros(5, 5)}, path / "model.safetensors"),
+        "bad epoch_sums": lambda path: torch.save({"rng": {}, "epoch_sums": [1, 2]}, path / "rank-0.pt"),
+        "rng states that cannot be set": lambda path: torch.save(
+            {**torch.load(path / "rank-0.pt"), "rng": {"python": 1}}, path / "rank-0.pt"
+        ),
+    }
+    for why, damage in damages.items():
+        newest = run.save(20)
+        damage(newest)
+        said = []
+        assert run.resume("auto", say=said.append).path == good, why
+        assert len(said) == 1 and "cannot be trusted" in said[0], (why, said)
+        shutil.rmtree(newest)
+
+
+def test_folders_that_are_not_checkpoints_are_ignored(run):
+    good = run.save(10)
+    shutil.copytree(good, run.folder / "step-000280-copy")  # a user's backup beside the checkpoints
+    assert candidates(run.config) == [good] and run.resume("auto").path == good
+
+
+@pytest.mark.parametrize("evidence", ["summary.json", "checkpoints link", "damaged checkpoints", "metrics rows"])
+def test_a_run_that_trained_before_and_has_no_checkpoint_is_refused(run, tmp_path, evidence):
+    """--resume auto on a folder with records of training and no checkpoint to continue from (a purged
+    scratch, an unmounted checkpoints/) refuses, naming what it found; a folder without records starts."""
+    assert run.resume("auto") is None  # nothing there: a new run
+    (tmp_path / "metrics.jsonl").write_text('{"type": "step", "step": 2}\n')  # before any checkpoint was due
+    assert run.resume("auto") is None
+    if evidence == "summary.json":
+        (tmp_path / "summary.json").write_text("{}")
+    elif evidence == "checkpoints link":
+        (tmp_path / "checkpoints").symlink_to(tmp_path / "unmounted")
+    elif evidence == "damaged checkpoints":
+        (run.save(10) / "state.json").write_text("{")
+    else:  # a checkpoint every epoch of 1000 steps: a row after step 1000 means one was written
+        (tmp_path / "metrics.jsonl").write_text('{"type": "step", "step": 1001}\n')
+    before = sorted((path.name, path.stat(follow_symlinks=False).st_mtime_ns) for path in tmp_path.rglob("*"))
+    with pytest.raises(NothingToResume, match="has trained before .* no checkpoint to resume from.*--resume none"):
+        run.resume("auto", say=lambda line: None)
+    assert sorted((path.name, path.stat(follow_symlinks=False).st_mtime_ns) for path in tmp_path.rglob("*")) == before

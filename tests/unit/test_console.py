@@ -13,6 +13,7 @@ from mnist_dist.config import make_config
 from mnist_dist.tracking.console import TrainingConsole
 from mnist_dist.train.final import next_commands, written_files
 from mnist_dist.train.progress import ProgressReport
+from mnist_dist.train.results import EpochSums
 
 COMMIT = "b769490cd64e73818b2b746b5a1f0c2d3e4f5a6b"
 RUN_DIR = "runs/cnn-digits-20261207-154501-with-a-name-long-enough-to-be-cut-at-eighty-columns"
@@ -93,10 +94,43 @@ class NoTracker:
 def test_the_live_bar_shows_the_running_loss_from_the_first_step_not_at_log_every():
     bar = Bar()
     report = ProgressReport(bar, NoTracker(), log_every=50, world_size=1)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    report.start_epoch(0, 1, first_step=1, last_step=20, loss_sum=loss_sum)
-    report.after_step(1, 1, samples=32, loss_sum=loss_sum + 32 * 2.25, lr=0.1)  # a mean loss of 2.25 per sample
+    sums = EpochSums(torch.device("cpu"))
+    report.start_epoch(0, 1, first_step=1, last_step=20, sums=sums)
+    sums.loss += 32 * 2.25  # a mean loss of 2.25 per sample
+    sums.samples += 32
+    report.after_step(1, 1, samples=32, sums=sums, lr=0.1)
     assert [loss for loss, _ in bar.shown] == [2.25]
+
+
+class Rows:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, kind, step, metrics) -> None:
+        self.rows.append((step, metrics["loss"]))
+
+
+def steps_logged(first_step: int, losses: list[float], saved: dict | None = None) -> tuple[list, EpochSums]:
+    """Train steps `first_step`.. of a 10-step epoch with these per-sample losses (4 samples a step),
+    logging every 4 steps; from `saved` epoch sums (a checkpoint's) where given. The rows logged."""
+    rows = Rows()
+    report = ProgressReport(Bar(), rows, log_every=4, world_size=1)
+    sums = EpochSums(torch.device("cpu"), saved)
+    report.start_epoch(0, 1, first_step=first_step, last_step=10, sums=sums)
+    for step, loss in enumerate(losses, start=first_step):
+        sums.loss += 4 * loss
+        sums.samples += 4
+        report.after_step(step, step, samples=4, sums=sums, lr=0.1)
+    return rows.rows, sums
+
+
+def test_a_resumed_run_logs_the_rows_an_uninterrupted_one_logs():
+    losses = [float(step) for step in range(1, 11)]
+    uninterrupted, _ = steps_logged(1, losses)
+    first, sums = steps_logged(1, losses[:6])  # a checkpoint after step 6, between the rows of 4 and 8
+    resumed, _ = steps_logged(7, losses[6:], saved=sums.saved())
+    assert uninterrupted == [(4, 2.5), (8, 6.5)]
+    assert first + resumed == uninterrupted  # step 8's row averages steps 5-8, not 7-8
 
 
 def test_a_reader_that_leaves_costs_the_writer_nothing(capsys):

@@ -91,12 +91,37 @@ def test_random_points_depend_on_the_index_alone_and_stay_in_range(tmp_path):
         ("method: random\nrun_cap: 0\nparameters: {lr: {values: [0.1]}}\n", "run_cap must be a whole number"),
         ("method: grid\nparameters: {}\n", "no parameters"),
         ("method: [grid\n", "is not valid YAML"),
+        (
+            "method: grid\nmetric: {name: val/accuracy, goal: maximise}\nparameters: {lr: {values: [0.1]}}\n",
+            "metric: unknown goal 'maximise'. Did you mean 'maximize'? Use goal: maximize or goal: minimize.",
+        ),
+        (
+            "method: grid\nmetric: val/accuracy\nparameters: {lr: {values: [0.1]}}\n",
+            "metric: a str, not a mapping: write metric: {name: val/accuracy, goal: maximize} (or minimize).",
+        ),
+        (
+            "method: grid\nmetric: {name: val/loss}\nparameters: {lr: {values: [0.1]}}\n",
+            "metric: no goal (W&B would minimize val/loss): add goal: maximize or goal: minimize.",
+        ),
+        (
+            "method: grid\nmetric: {nmae: val/loss, goal: minimize}\nparameters: {lr: {values: [0.1]}}\n",
+            "metric: unknown key 'nmae'. Did you mean 'name'? Use name, goal, target.",
+        ),
+        ("method: grid\nmetric: {goal: maximize}\nparameters: {lr: {values: [0.1]}}\n", "metric: no name: write"),
     ],
 )
 def test_bad_sweep_files_are_one_clear_error(tmp_path, text, message):
     with pytest.raises(SweepError) as error:
         read_sweep(write(tmp_path, text))
-    assert message in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_metric_goal_says_which_end_is_best(tmp_path):
+    text = "method: grid\nmetric: {name: val/loss, goal: minimize}\nparameters: {lr: {values: [0.1]}}\n"
+    sweep = read_sweep(write(tmp_path, text))
+    assert (sweep.metric, sweep.metric_key, sweep.maximize) == ("val/loss", "val_loss", False)
+    default = read_sweep(write(tmp_path, "method: grid\nparameters: {lr: {values: [0.1]}}\n", "plain.yaml"))
+    assert (default.metric, default.maximize) == ("val/accuracy", True)
 
 
 def test_the_command_line_prints_size_and_points_and_ends_bad_input_in_one_line(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from mnist_dist.atomic import WriteFailed
 from mnist_dist.config import Config
 from mnist_dist.tracking.tracker import Tracker
+from mnist_dist.tracking.wandb_session import wandb_names
 
 NO_WANDB = Config(wandb="disabled")
 
@@ -56,6 +57,24 @@ def test_a_resumed_run_drops_the_rows_after_its_step_and_a_line_cut_short(tmp_pa
     resumed.close()
     assert [row["step"] for row in rows(tmp_path)] == [10, 20, 30]  # one row per step, in order
     assert resumed.run_id == "abc123"  # kept for the checkpoints while W&B is off
+
+
+def test_a_resume_on_another_number_of_processes_is_one_row_and_a_wandb_chart(tmp_path):
+    """Resumed at step 20 from 2 processes to 1, killed before its next checkpoint, resumed from step 20 again:
+    the world_size row of step 20 is written anew, never twice; W&B charts the processes over the steps."""
+    write_rows(tmp_path, [10, 20])
+    for _ in range(2):
+        resumed = tracker(tmp_path, start_step=20)
+        resumed.log("world_size", 20, {"from": 2, "to": 1})
+        resumed.log("step", 30, {"loss": 0.1})
+        resumed.close()
+    assert [(row["type"], row["step"]) for row in rows(tmp_path)] == [
+        ("step", 10),
+        ("step", 20),
+        ("world_size", 20),
+        ("step", 30),
+    ]
+    assert wandb_names("world_size", {"from": 2, "to": 1}) == {"system/world_size": 1}
 
 
 def test_a_run_that_starts_over_drops_every_row(tmp_path):
