@@ -13,7 +13,7 @@ from mnist_dist.errors import ConfigError, UserError, first_line
 
 # A file of options is a few KB and flat (a sweep file nests 3 deep); past these bounds a file is refused
 # at once: 9 levels of 9 aliases ("billion laughs") expand to 387 million values, a minute and MemoryError.
-MAX_BYTES = 1 << 20  # PyYAML reads ~0.4 MB a second: ~3 s at most
+MAX_BYTES = 1 << 20  # a file of options is a few KB; PyYAML takes seconds per MB
 MAX_DEPTH = 20  # lists and mappings inside each other
 ALIAS_VALUES = 10_000  # values the aliases (*name) may add to those written out
 

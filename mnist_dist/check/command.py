@@ -24,7 +24,7 @@ from mnist_dist.errors import ConfigError, Interrupted, UserError, report_error
 
 PROG = "python -m mnist_dist.check"
 # Where the check's defaults differ from train.py's: a model that steps in milliseconds, and a group that
-# does not form, or a process that stops answering, reported within a minute (train.py: 5 on CPUs, 10 on GPUs).
+# does not form, or a process that stops answering, reported within a minute (train.py: 300 s on CPUs, 600 s on GPUs).
 CHECK_DEFAULTS = {"model": "lenet", "collective_timeout": 60}
 CHECK_OPTIONS = ("steps", "sizes", "json", "expect_processes")
 DEFAULT_SIZES = "4K,256K,4M"  # a small message (latency), a gradient bucket's size, a large one (bandwidth)

@@ -27,8 +27,9 @@ from mnist_dist.train.optim import build_optimizer, build_scheduler
 from mnist_dist.train.results import EpochSums
 
 # The largest weight difference, as a share of the largest change the steps made. Float32 sums in
-# another order differ in their last bits: measured 0 (2 and 4 processes: halving and quartering are
-# exact) to 5e-4 (mlp's Adam, 3 processes) after 3 steps. A rank that trains alone (no all-reduce)
+# another order differ in their last bits: measured by hand on 2 cores while choosing the limit (not
+# recorded by a benchmark), 0 (2 and 4 processes: halving and quartering are exact) to 5e-4 (mlp's Adam,
+# 3 processes) after 3 steps. A rank that trains alone (no all-reduce)
 # measured 0.5 to 2, gradients summed instead of averaged 0.9 to 2 with SGD (Adam hardly minds the scale).
 LIMIT = 1e-2
 

@@ -29,7 +29,7 @@ from mnist_dist.config import Config
 from mnist_dist.errors import UserError, first_line
 
 # Options that fix which samples each step sees: a resumed run must keep them.
-# (On the same number of processes, the per-process batch and accumulation too: check_fits.)
+# (And the global batch: check_fits.)
 MUST_MATCH = ("model", "dataset", "val_size", "seed")
 # Schedules whose shape is planned for the run's total steps: these options must match too.
 PLANNED_SCHEDULES = ("onecycle", "cosine")
@@ -99,9 +99,9 @@ def read_state(path: Path) -> tuple[TrainingState, dict]:
 
 
 def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, world_size: int) -> None:
-    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs. On another
-    number of processes the global batch must hold (train/job.py chose this run's per-process batch for it:
-    checkpoint/resize.py); on the same number, the per-process batch and accumulation too."""
+    """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs. The global
+    batch must hold; how it is split (processes, per-process batch, accumulation) may differ: a step trains the
+    same samples (checkpoint/resize.py; train/job.py chose this run's split for another number of processes)."""
     ours = Layout(world_size, config.batch_size, config.grad_accum_steps)
     theirs = saved_layout(state, saved)
     if theirs.global_batch != ours.global_batch:
@@ -110,8 +110,7 @@ def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, wo
             f"processes x {theirs.batch_size} x {theirs.grad_accum_steps} accumulated), this run has "
             f"{ours.global_batch}: use the same options, another --run-dir, or --resume none."
         )
-    per_process = ("batch_size", "grad_accum_steps") if state.world_size == world_size else ()
-    for key in (*MUST_MATCH, *per_process):
+    for key in MUST_MATCH:
         if saved.get(key) != getattr(config, key):
             raise UserError(
                 f"checkpoint {path} was written with {key}={saved.get(key)!r}, this run has "
@@ -181,11 +180,12 @@ def read_checkpoint(path: Path, config: Config, accelerator: Accelerator, target
         or trust.scheduler_mismatch(training["scheduler"], target.scheduler)
     )
     distrust(path, problem)
-    rank = accelerator.process_index
-    if state.world_size == accelerator.num_processes:
+    rank, now = accelerator.process_index, Layout(accelerator.num_processes, config.batch_size, config.grad_accum_steps)
+    if saved == now:
         return Loaded(path, state, weights, training, rank_files[rank], best)
-    now = Layout(accelerator.num_processes, config.batch_size, config.grad_accum_steps)
-    state = convert_state(state, saved, now, target.train_samples)
+    state = convert_state(state, saved, now, target.train_samples)  # the batches done, in this run's batches
+    if saved.world_size == now.world_size:  # the same ranks, another split of their batches
+        return Loaded(path, state, weights, training, rank_files[rank], best)
     own = rank_files[rank % saved.world_size]
     sums = merged_sums([rank_files[old_rank] for old_rank in sorted(rank_files)], rank)
     resized = f"from {saved.world_size} processes to {now.world_size} at step {state.step}"

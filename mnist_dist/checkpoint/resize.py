@@ -10,8 +10,9 @@ can differ: the sampler pads the permutation to a multiple of N with its first s
 ceil(L / G) steps for L samples on any number of processes, so the step count and the schedule hold.
 
 What does not carry over exactly: BatchNorm normalises over each process's batch, so another per-process
-batch changes its statistics (docs/CHECKPOINTS.md has the measured effect); dropout draws from each rank's
-generator, and a new rank takes the generator of old rank (rank mod old world size).
+batch changes its statistics (docs/CHECKPOINTS.md has the measured effect). Nothing in training draws from
+the ranks' own generators today (no model has dropout; augmentation is keyed by seed, epoch and sample); a
+new rank takes the generators of old rank (rank mod old world size).
 """
 
 import dataclasses
@@ -54,6 +55,10 @@ def saved_layout(state: TrainingState, saved_config: dict) -> Layout:
     return Layout(state.world_size, saved_config["batch_size"], saved_config["grad_accum_steps"])
 
 
+def processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def keep_global_batch(saved: Layout, world_size: int) -> Layout:
     """This run's layout on `world_size` processes with the saved global batch: the same accumulation if the
     batch divides, else the most accumulation below it that divides (1 always does, once `world_size`
@@ -64,7 +69,7 @@ def keep_global_batch(saved: Layout, world_size: int) -> Layout:
             return Layout(world_size, total // (world_size * accumulation), accumulation)
     working = [str(count) for count in range(1, min(total, 64) + 1) if total % count == 0]
     raise GlobalBatchCannotBeKept(
-        f"the checkpoint's global batch of {total} ({saved.world_size} processes x {saved.batch_size} x "
+        f"the checkpoint's global batch of {total} ({processes(saved.world_size)} x {saved.batch_size} x "
         f"{saved.grad_accum_steps} accumulated) does not divide among {world_size} processes; resume on "
         f"{', '.join(working)} processes, or start a new run (another --run-name, or --resume none)."
     )
@@ -75,9 +80,8 @@ def fit_config(config: Config, saved: Layout, world_size: int) -> tuple[Config, 
     and why (for the config table)."""
     layout = keep_global_batch(saved, world_size)
     config = dataclasses.replace(config, batch_size=layout.batch_size, grad_accum_steps=layout.grad_accum_steps)
-    processes = "process" if world_size == 1 else "processes"
     why = (
-        f"resumed on {world_size} {processes} from {saved.world_size}: batch {saved.batch_size} -> "
+        f"resumed on {processes(world_size)} from {saved.world_size}: batch {saved.batch_size} -> "
         f"{layout.batch_size} per process"
     )
     if layout.grad_accum_steps != saved.grad_accum_steps:
@@ -113,14 +117,16 @@ def peek_layout(path: Path) -> Layout | None:
 
 def convert_state(state: TrainingState, saved: Layout, now: Layout, samples: int) -> TrainingState:
     """The checkpoint's state in this run's batches: the optimizer steps of the epoch stay, the batches done
-    are counted in this run's (an epoch whose steps are all done stays whole), the change is recorded."""
+    are counted in this run's (an epoch whose steps are all done stays whole), a change of world size is
+    recorded."""
     steps_done = math.ceil(state.batches_done / saved.grad_accum_steps)
     steps_per_epoch = math.ceil(now.batches_per_epoch(samples) / now.grad_accum_steps)
     batches_done = (
         now.batches_per_epoch(samples) if steps_done >= steps_per_epoch else steps_done * now.grad_accum_steps
     )
-    change = {"step": state.step, "from": saved.world_size, "to": now.world_size}
-    changes = [*state.world_size_changes, change]
+    changes = state.world_size_changes
+    if saved.world_size != now.world_size:
+        changes = [*changes, {"step": state.step, "from": saved.world_size, "to": now.world_size}]
     return dataclasses.replace(state, batches_done=batches_done, world_size=now.world_size, world_size_changes=changes)
 
 

@@ -244,8 +244,8 @@ class RunLock:
         except OSError:
             return None  # the next look may see it
         mine = holder_facts()
-        if holder is None or all(holder.get(key) == mine[key] for key in IDENTITY):
-            return None
+        if holder is None or holder.get("unreadable") or all(holder.get(key) == mine[key] for key in IDENTITY):
+            return None  # unreadable: a failed read (EIO, ESTALE) is no proof that another job holds it
         return holder
 
     def _beat(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from mnist_dist.checkpoint.layout import CHECKPOINT_NAME, FINAL_FILES, step_of
+from mnist_dist.checkpoint.layout import CHECKPOINT_NAME, COMPLETE, FINAL_FILES, step_of
 from mnist_dist.checkpoint.state import TrainingState, rng_states, set_rng_states
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError
@@ -62,7 +62,11 @@ def optimizer_mismatch(saved: object, optimizer: torch.optim.Optimizer) -> str |
         return "its optimizer state is not a mapping of states"
     groups = saved.get("param_groups")
     ours = [len(group["params"]) for group in optimizer.param_groups]
-    if not isinstance(groups, list) or [len(group.get("params", ())) for group in groups] != ours:
+    if not isinstance(groups, list) or not all(
+        isinstance(group, dict) and isinstance(group.get("params"), list) for group in groups
+    ):
+        return "its optimizer's parameter groups are not lists of parameters"
+    if [len(group["params"]) for group in groups] != ours:
         return "its optimizer holds other parameter groups than this model's"
     parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
     for index, buffers in saved["state"].items():
@@ -94,7 +98,9 @@ def epoch_sums_mismatch(sums: object, state: TrainingState, batch_size: int) -> 
         return f"its epoch_sums are not {', '.join(kinds)} numbers"
     values = {name: sums[name].item() for name in kinds}
     loss, correct, samples = values["loss"], values["correct"], values["samples"]
-    fits = math.isfinite(loss) and loss >= 0 and 0 <= correct <= samples <= state.batches_done * batch_size
+    # Rank 0 of a run resumed on another number of processes holds every old rank's samples (resize.py).
+    most = state.batches_done * batch_size * state.world_size
+    fits = math.isfinite(loss) and loss >= 0 and 0 <= correct <= samples <= most
     if not fits or not 0 <= values.get("row_samples", 0) <= samples or not 0 <= values.get("row_loss", 0) <= loss:
         return f"its epoch_sums ({values}) do not fit {state.batches_done} batches"
     return None
@@ -105,7 +111,7 @@ def rng_mismatch(states: object) -> str | None:
     mine = rng_states()
     try:
         set_rng_states(states)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+    except Exception as error:  # a probe, undone below: whatever a tampered state makes torch or numpy raise
         return f"its RNG states cannot be restored ({type(error).__name__})"
     finally:
         set_rng_states(mine)
@@ -122,7 +128,12 @@ def refuse_a_silent_restart(config: Config, accelerator: Accelerator, steps_per_
     """Under --resume auto, with no checkpoint loaded: a run folder that has trained before (its final files,
     checkpoints that were there, metrics logged past the first checkpoint) must not start again from step 0
     over its records (a purged scratch, an unmounted checkpoints/): refuse, having changed nothing."""
-    evidence = [trained_before(config.run_path, config, steps_per_epoch) if accelerator.is_main_process else None]
+    evidence = [None]
+    if accelerator.is_main_process:
+        try:
+            evidence = [trained_before(config.run_path, config, steps_per_epoch)]
+        except OSError as error:  # an unreadable folder: not proof of training, but no fresh start over it either
+            evidence = [f"its files cannot be read: {error.strerror or error}"]
     broadcast_object_list(evidence)  # the main process looks, every rank refuses alike
     if evidence[0]:
         raise NothingToResume(
@@ -138,7 +149,7 @@ def trained_before(run_dir: Path, config: Config, steps_per_epoch: int) -> str |
     folder = run_dir / "checkpoints"
     if folder.is_symlink() and not folder.exists():
         found.append(f"checkpoints/ is a link to {os.readlink(folder)}, which does not exist")
-    elif any(CHECKPOINT_NAME.fullmatch(path.name) for path in folder.glob("step-*")):
+    elif any(CHECKPOINT_NAME.fullmatch(path.name) and (path / COMPLETE).exists() for path in folder.glob("step-*")):
         found.append("checkpoints/ whose checkpoints were all skipped")
     saves = [config.checkpoint_every] if config.checkpoint_every else []
     first_save = min(saves + ([steps_per_epoch] if config.checkpoint_epochs else []), default=None)
@@ -160,6 +171,6 @@ def last_logged_step(path: Path) -> int:
         try:
             row = json.loads(line)
             steps.append(int(row["step"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a step of 1e999
             continue  # a line cut short by a crash
     return max(steps)

@@ -94,7 +94,7 @@ def test_a_world_size_that_cannot_keep_the_global_batch_is_refused_and_changes_n
     code, stdout, stderr = ended(run(run_dir, data_dir, 3))
     assert_clean_error(
         subprocess.CompletedProcess([], code, stdout, stderr),
-        "global batch of 32 (1 processes x 32 x 1 accumulated) does not divide among 3 processes",
+        "global batch of 32 (1 process x 32 x 1 accumulated) does not divide among 3 processes",
         "resume on 1, 2, 4, 8, 16, 32 processes",
         processes=3,
     )

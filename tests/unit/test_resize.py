@@ -7,6 +7,7 @@ import torch
 
 from mnist_dist.checkpoint.resize import GlobalBatchCannotBeKept, Layout, convert_state, keep_global_batch, merged_sums
 from mnist_dist.checkpoint.state import TrainingState
+from mnist_dist.checkpoint.trust import epoch_sums_mismatch
 from mnist_dist.data.images import ImageSet
 from mnist_dist.data.sharding import train_indices, train_sampler
 
@@ -76,3 +77,28 @@ def test_rank_zero_takes_every_old_ranks_epoch_sums_and_the_others_start_from_ze
         "row_samples": 28,
     }  # rank 0's 6.0 of loss over 12 samples since its last row stay its interval
     assert all(value.item() == 0 for value in merged_sums(old[:1], rank=1).values())
+
+
+def test_rank_zeros_merged_sums_pass_the_trust_check_of_the_next_checkpoints():
+    """Resumed 2 -> 4 (batch 32 -> 16) after 100 batches: rank 0 holds both old ranks' 3,200 samples; 10 steps
+    later its checkpoint holds 6,400 + 160 samples after 110 batches of 16 on each of 4 ranks: trusted."""
+    each = {
+        "loss": torch.tensor(3200.0, dtype=torch.float64),
+        "correct": torch.tensor(2000),
+        "samples": torch.tensor(3200),
+    }
+    state = convert_state(
+        TrainingState(step=100, batches_done=100, world_size=2), Layout(2, 32, 1), Layout(4, 16, 1), 18000
+    )
+    sums = merged_sums([{"epoch_sums": each}, {"epoch_sums": each}], rank=0)
+    sums["samples"] += 160
+    later = TrainingState(step=110, batches_done=state.batches_done + 10, world_size=4)
+    assert epoch_sums_mismatch(sums, later, batch_size=16) is None
+
+
+def test_the_same_processes_with_another_split_of_the_global_batch_keep_their_place():
+    """2 x 32 x 1 resumed as 2 x 16 x 2: the same samples a step, the batches done counted in the new split."""
+    state = convert_state(
+        TrainingState(step=50, batches_done=50, world_size=2), Layout(2, 32, 1), Layout(2, 16, 2), 18000
+    )
+    assert (state.step, state.batches_done, state.world_size_changes) == (50, 100, [])
