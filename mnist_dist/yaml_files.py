@@ -22,7 +22,7 @@ class UnfitYaml(yaml.YAMLError):
     """Valid YAML that no file of options holds. The message follows "config file PATH " and ends with the fix."""
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
+class GuardedLoader(yaml.SafeLoader):
     """yaml.safe_load's loader, refusing what no file of options holds, each with its own fix."""
 
     def __init__(self, stream):
@@ -74,7 +74,7 @@ def read_yaml_mapping(path: Path, error: type[UserError] = ConfigError, fix: str
     try:
         if path.stat().st_size > MAX_BYTES:  # callers pass regular files (is_file): their size is what read_text reads
             raise UnfitYaml(f"is over {MAX_BYTES:,} bytes, not a file of options: pass the right file.")
-        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # safe_load's loader, plus its checks
+        data = yaml.load(path.read_text(), Loader=GuardedLoader)  # safe_load's loader, plus its checks
     except UnfitYaml as problem:
         raise error(f"config file {path} {problem}") from None
     except yaml.YAMLError as problem:

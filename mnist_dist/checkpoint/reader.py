@@ -98,6 +98,17 @@ def read_state(path: Path) -> tuple[TrainingState, dict]:
         ) from None
 
 
+def peek_layout(paths: list[Path]) -> Layout | None:
+    """The layout of the first of `paths` whose state.json is valid, from it alone (before the data and
+    the model exist; the rest of the checkpoint is read and checked by read_checkpoint), or None."""
+    for path in paths:
+        try:
+            return saved_layout(*read_state(path))
+        except DamagedCheckpoint:
+            continue
+    return None
+
+
 def check_fits(path: Path, state: TrainingState, saved: dict, config: Config, world_size: int) -> None:
     """Refuse a checkpoint that this run cannot continue exactly, naming the option that differs. The global
     batch must hold; how it is split (processes, per-process batch, accumulation) may differ: a step trains the

@@ -16,10 +16,8 @@ new rank takes the generators of old rank (rank mod old world size).
 """
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -89,30 +87,13 @@ def fit_config(config: Config, saved: Layout, world_size: int) -> tuple[Config, 
     return config, f"{why}, global {saved.global_batch} kept"
 
 
-def fit_to_checkpoint(config: Config, world_size: int, paths: list[Path]) -> tuple[Config, str | None]:
-    """The config to resume on `world_size` processes from the first of `paths` (reader.candidates, the
-    preferred first) whose layout can be read: unchanged on the same number of processes, else with the
-    per-process batch and accumulation that keep its global batch, and why."""
-    saved = next(filter(None, map(peek_layout, paths)), None)
+def fit_to_checkpoint(config: Config, world_size: int, saved: Layout | None) -> tuple[Config, str | None]:
+    """The config to resume on `world_size` processes a checkpoint of layout `saved` (None: no checkpoint
+    to resume): unchanged on the same number of processes, else with the per-process batch and accumulation
+    that keep its global batch, and why."""
     if saved is None or saved.world_size == world_size:
         return config, None
     return fit_config(config, saved, world_size)
-
-
-def peek_layout(path: Path) -> Layout | None:
-    """The layout of the checkpoint at `path` from its state.json alone, or None where it cannot be read (the
-    reader then says why, or skips it)."""
-    try:
-        saved = json.loads((path / "state.json").read_text())
-        layout = Layout(saved["world_size"], saved["config"]["batch_size"], saved["config"]["grad_accum_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    values = (layout.world_size, layout.batch_size, layout.grad_accum_steps)
-    return (
-        layout
-        if all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in values)
-        else None
-    )
 
 
 def convert_state(state: TrainingState, saved: Layout, now: Layout, samples: int) -> TrainingState:

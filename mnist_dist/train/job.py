@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from mnist_dist.atomic import WriteFailed, write_atomically
-from mnist_dist.checkpoint.reader import PLANNED_SCHEDULES, candidates
+from mnist_dist.checkpoint.reader import PLANNED_SCHEDULES, candidates, peek_layout
 from mnist_dist.checkpoint.resize import fit_to_checkpoint
 from mnist_dist.checkpoint.run_lock import RunInUse, RunLock
 from mnist_dist.cli import yaml_text
@@ -93,8 +93,8 @@ def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
 def keep_the_global_batch(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
     """Resuming a checkpoint of another number of processes: this run's per-process batch and accumulation
     keep its global batch (checkpoint/resize.py), and the config table says why."""
-    paths = candidates(config) if config.writes_files else []
-    config, why = fit_to_checkpoint(config, accelerator.num_processes, paths)
+    saved = peek_layout(candidates(config)) if config.writes_files else None
+    config, why = fit_to_checkpoint(config, accelerator.num_processes, saved)
     if why:
         sources["batch_size"] = sources["grad_accum_steps"] = why
     return config
