@@ -161,9 +161,15 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 
 def workers(process: subprocess.Popen) -> list[psutil.Process]:
     """The training processes of a background run: the launcher itself for 1 process, torchrun's children
-    otherwise."""
-    children = [p for p in psutil.Process(process.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
-    return children or [psutil.Process(process.pid)]
+    otherwise. A child that still shows the launcher's own command line is a fork that has not yet become a
+    worker (subprocess.Popen between fork and exec): not one of them."""
+    launcher = psutil.Process(process.pid)
+    children = [
+        child
+        for child in launcher.children(recursive=True)
+        if "train.py" in " ".join(child.cmdline()) and child.cmdline() != launcher.cmdline()
+    ]
+    return children or [launcher]
 
 
 def train_into(

@@ -70,24 +70,23 @@ def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -
     return dataclasses.replace(config, run_name=name[0], run_dir=run_dir)
 
 
-def lock_run_dir(config: Config, accelerator: Accelerator) -> RunLock | None:
-    """The main process takes the run directory's lock before anything is written; every rank learns
-    whether it got it (distributed.fail_together), so that a refused job ends on every rank with the
-    same line."""
-    lock, refusal = None, None
-    if config.writes_files and accelerator.is_main_process:
-        lock = RunLock(config.run_path)
-        try:
-            lock.acquire()
-        except RunInUse as error:
-            refusal = error
-        except OSError as error:
-            refusal = WriteFailed(
-                f"cannot write the run directory {config.run_dir} ({error.strerror}); free space or fix "
-                "permissions there, or pass another --run-dir."
-            )
-    fail_together(accelerator, refusal)
-    return lock
+def lock_run_dir(config: Config, accelerator: Accelerator) -> tuple[RunLock | None, Exception | None]:
+    """The main process takes the run directory's lock before anything is written: (the lock it holds, or
+    None; why it was refused, or None). No collective: the job shares the refusal (Job.start), holding the
+    lock first, so that a peer lost in that collective still finds it released when the job ends."""
+    if not (config.writes_files and accelerator.is_main_process):
+        return None, None
+    lock = RunLock(config.run_path)
+    try:
+        lock.acquire()
+    except RunInUse as error:
+        return None, error
+    except OSError as error:
+        return None, WriteFailed(
+            f"cannot write the run directory {config.run_dir} ({error.strerror}); free space or fix "
+            "permissions there, or pass another --run-dir."
+        )
+    return lock, None
 
 
 def keep_the_global_batch(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
@@ -178,7 +177,8 @@ class Job:
         self.accelerator = build_accelerator(config)
         config = resolve(config, self.accelerator, sources)
         self.stop_if_asked()
-        self.lock = lock_run_dir(config, self.accelerator)
+        self.lock, refusal = lock_run_dir(config, self.accelerator)
+        fail_together(self.accelerator, refusal)  # a refused job ends on every rank with the same line
         self.locked = config
         self.stacks.follow(config, self.accelerator.device.type)  # dumps go to the run folder from now on
         self.stop_if_asked()  # the lock's release removes the run folder again if this job made it

@@ -153,15 +153,21 @@ def test_a_stop_signal_during_the_final_evaluation_finishes_the_record_then_exit
     assert f"run {run_dir} has finished (step 5, " in stdout and "nothing to do" in stdout
 
 
-def test_a_rank_stopped_during_start_up_ends_the_job_after_the_timeout_with_exit_5(data_dir, tmp_path):
+@pytest.mark.parametrize("when", ["before the rendezvous", "once the run is locked"])
+def test_a_rank_stopped_during_start_up_ends_the_job_after_the_timeout_with_exit_5(when, data_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--data-dir", data_dir, "--run-dir", run_dir, "--wandb", "disabled", *LENET_FIVE_STEPS]
     process = start_script("train.py", [*args, "--collective-timeout", "15"], 2)
     try:
         rank0, rank1 = training_processes(process, 2)
-        rank1.suspend()  # SIGSTOP before it reaches the rendezvous: a stuck node, or a process swapped out
+        while when == "once the run is locked" and not (run_dir / ".lock").exists():
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.002)
+        # SIGSTOP as soon as it exists (before the rendezvous), or once rank 0 holds the run's lock (then rank 0
+        # waits in the lock's agreement or the data's): a stuck node, or a process swapped out.
+        rank1.suspend()
         started = time.monotonic()
-        rank0.wait(timeout=90)  # it gives up on the rendezvous after the timeout's 15 s
+        rank0.wait(timeout=90)  # it gives up after the timeout's 15 s
         gave_up = time.monotonic() - started
         rank1.kill()  # as torchrun would, 30 s after rank 0 ended (a stopped process cannot act on SIGTERM)
         _, stderr = process.communicate(timeout=120)
@@ -176,4 +182,10 @@ def test_a_rank_stopped_during_start_up_ends_the_job_after_the_timeout_with_exit
     assert "a collective waits at most 15 s" in lines[0]
     assert lines[0].endswith("nothing to checkpoint yet; run the same command again to start.")
     assert_no_traceback_of_ours(stderr)
-    assert not run_dir.exists()
+    # No lock left behind; at most the evidence of a job that held the folder: rank 0's traceback and stack dump.
+    left = {str(path.relative_to(run_dir)) for path in run_dir.rglob("*")} if run_dir.exists() else set()
+    assert {re.sub(r"rank-0-.*\.txt$", "rank-0.txt", path) for path in left} <= {
+        "error-rank-0.log",
+        "stacks",
+        "stacks/rank-0.txt",
+    }, left
