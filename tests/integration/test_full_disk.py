@@ -68,9 +68,9 @@ def test_a_full_disk_at_the_lock_leaves_no_lock_no_temporary_and_no_folder(disk,
     assert [path.name for path in disk.path.iterdir()] == ["filler"]
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, processes):
-    """Only the main process writes config.yaml: every rank ends with its line, none waits for it."""
+def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, processes=2):
+    """Only the main process writes config.yaml: every rank ends with its line, none waits for it. (2
+    processes: the main process's failure reaches the other rank; one process takes the same path.)"""
     run_dir = disk.path / "run"
     disk.leave_free(1)  # the run directory's lock takes it
     failed = train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", processes=processes, check=False)
@@ -81,8 +81,7 @@ def test_config_yaml_on_a_full_disk_leaves_no_run_folder(disk, data_dir, process
     train_into(run_dir, data_dir, *ARGS, "--max-steps", "10", processes=processes)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_metrics_jsonl_on_a_full_disk_stops_every_rank(disk, data_dir, processes):
+def test_metrics_jsonl_on_a_full_disk_stops_every_rank(disk, data_dir, processes=2):
     """Only the main process writes metrics.jsonl: the ranks learn it at their next agreement (step 10)."""
     run_dir, args = disk.path / "run", [*ARGS, "--max-steps", "10"]
     disk.leave_free(2)  # the lock and config.yaml; the first row needs a page more

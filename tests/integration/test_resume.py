@@ -113,19 +113,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(processes, uninte
     assert_same_run(resumed_after_sigkill(processes), uninterrupted(processes), processes)
 
 
-def test_sigkill_then_resume_is_exact_with_batchnorm_on_two_processes(data_dir, tmp_path):
-    # Each rank keeps its own BatchNorm statistics while training (no broadcast before every
-    # forward); checkpoints and the saved model hold rank 0's.
-    extra = ["--model", "cnn"]
-    code, _, stderr = run(tmp_path / "reference", data_dir, 2, extra)
-    assert code == 0, stderr[-3000:]
-    kill_mid_epoch_then_resume(tmp_path / "run", data_dir, 2, extra)
-    assert_same_run(tmp_path / "run", tmp_path / "reference", 2)
-
-
-def test_sigkill_then_resume_is_exact_with_augmentation_on_two_processes(data_dir, tmp_path):
-    # Each sample's shift comes from (seed, epoch, index): the resumed half-epoch draws the same ones.
-    extra = ["--augment"]
+def test_sigkill_then_resume_is_exact_with_batchnorm_and_augmentation_on_two_processes(data_dir, tmp_path):
+    # Each rank keeps its own BatchNorm statistics while training (no broadcast before every forward);
+    # checkpoints and the saved model hold rank 0's. Each sample's shift comes from (seed, epoch, index):
+    # the resumed half-epoch draws the same ones.
+    extra = ["--model", "cnn", "--augment"]
     code, _, stderr = run(tmp_path / "reference", data_dir, 2, extra)
     assert code == 0, stderr[-3000:]
     kill_mid_epoch_then_resume(tmp_path / "run", data_dir, 2, extra)
