@@ -1,11 +1,29 @@
 """Fixtures shared by the tests. Plain helpers live in helpers.py (`from helpers import ...`)."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from helpers import train_into
 
 INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The runs' machine cache (train/machine_cache.py: the matmul peak, each model's FLOPs): one per test
+    session, which its xdist workers inherit, never the user's ~/.cache, where a peak measured under the
+    suite's load would stay and understate every later run's MFU."""
+    if "MNIST_DIST_TEST_CACHE" not in os.environ:  # the controller's; a worker inherits it
+        os.environ["MNIST_DIST_TEST_CACHE"] = os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist-dist-")
+        config.made_cache = os.environ["MNIST_DIST_TEST_CACHE"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if getattr(config, "made_cache", None):
+        shutil.rmtree(config.made_cache, ignore_errors=True)
+        del os.environ["MNIST_DIST_TEST_CACHE"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -39,7 +39,28 @@ def epochs_trained(epochs: int, steps: int, steps_per_epoch: int) -> str:
 
 def epoch_columns(split: str) -> tuple[str, ...]:
     """The epoch table's header; `split`: the evaluated one, val (or test when nothing is held out)."""
-    return ("epoch", "train loss", "train acc", f"{split} loss", f"{split} acc", "seconds", "samples/s")
+    speed = ("seconds", "samples/s", "GFLOP/s", "MFU")  # training's: its evaluation is not in them
+    return ("epoch", "train loss", "train acc", f"{split} loss", f"{split} acc", *speed)
+
+
+def flops_cells(row: dict[str, Any]) -> tuple[str, str]:
+    """The epoch row's achieved GFLOP/s (10^9 FLOP a second, all processes) and MFU (a share of the job's
+    matmul peak): '58.3', '38.1%'; '-' where unknown."""
+    achieved, mfu = row.get("achieved_flops_per_second"), row.get("mfu")
+    return (
+        f"{achieved / 1e9:,.1f}" if achieved is not None else "-",
+        f"{mfu:.1%}" if mfu is not None else "-",
+    )
+
+
+def utilization_line(results: dict[str, Any]) -> str | None:
+    """The summary's MFU: '38.1% (58.3 GFLOP/s of a 154.0 GFLOP/s matmul peak; 4.03 MFLOP a sample)'."""
+    if results.get("mfu") is None:
+        return None
+    achieved, peak = results["achieved_flops_per_second"] / 1e9, results["peak_flops_per_second"] / 1e9
+    per_sample = results["train_flops_per_sample"] / 1e6
+    of = f"{achieved:,.1f} GFLOP/s of a {peak:,.1f} GFLOP/s matmul peak"
+    return f"{results['mfu']:.1%} ({of}; {per_sample:.3g} MFLOP a sample)"
 
 
 class TrainingConsole:
@@ -131,10 +152,11 @@ class TrainingConsole:
             f"{row[split + '_accuracy']:.2%}",
             f"{row['epoch_seconds']:.1f}",
             f"{row['samples_per_second']:,.0f}",
+            *flops_cells(row),
         )
         columns = epoch_columns(split)
-        widths = [len(name) for name in columns]  # the header names are the widest cells but one
-        widths[-1] = 10
+        widths = [len(name) for name in columns]  # the header names are the widest cells but these
+        widths[-3:] = [10, 9, 6]  # samples/s; GFLOP/s up to 99,999.9 (a GPU's); MFU up to 100.0%
         if not self.epoch_rows:
             self.console.print(" ".join(f"[bold]{name:>{width}}[/bold]" for name, width in zip(columns, widths)))
         self.epoch_rows.append(cells)
@@ -154,8 +176,11 @@ class TrainingConsole:
             "epochs": epochs_trained(results["epochs"], results["steps"], results["steps_per_epoch"]),
             "optimizer steps": results["steps"],
             "seconds": results["seconds"],
-            "run dir": run_dir or "(dry run: nothing written)",
         }
+        mfu = utilization_line(results)
+        if mfu is not None:
+            facts["MFU"] = mfu
+        facts["run dir"] = run_dir or "(dry run: nothing written)"
         totals = Table(title="summary", show_header=False)
         totals.add_column("", style="bold")
         totals.add_column("")

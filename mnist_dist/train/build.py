@@ -23,6 +23,7 @@ from mnist_dist.models import build_model
 from mnist_dist.tracking.console import TrainingConsole
 from mnist_dist.tracking.tracker import Tracker
 from mnist_dist.train.agreement import Agreement
+from mnist_dist.train.flops import job_utilization
 from mnist_dist.train.loop import Trainer
 from mnist_dist.train.optim import build_optimizer, build_scheduler
 from mnist_dist.train.plan import RunLength, finished
@@ -41,6 +42,7 @@ def build_trainer(
     the command's, train/signals.py). `facts`: tracking/facts.py; `sources`: for the config table."""
     parts = DataAndModel(config, accelerator, data)
     console = TrainingConsole(accelerator.is_main_process)
+    utilization = job_utilization(accelerator, parts.module, data.info, console.print)  # for MFU: FLOPs and peak
     state, sums, selection, already_finished = resume_state(config, accelerator, parts, console)
     if not already_finished:
         console.show_config(config, facts, sources, parts.splits.describe())
@@ -61,6 +63,7 @@ def build_trainer(
         agreement=agreement,
         checkpoints=agreement.checkpoints,
         timer=agreement.stragglers.timer,
+        utilization=utilization,
     )
 
 

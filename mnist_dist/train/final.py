@@ -35,7 +35,10 @@ def finish(trainer: "Trainer", evaluation: EvalResult, seconds: float) -> dict:
     test = splits.evaluate(module, test=True) if splits.held_out else evaluation
     steps_per_epoch = trainer.length.steps_per_epoch
     ranks = trainer.agreement.stragglers.summary()
-    results = final_results(trainer.state, evaluation, test, kept_step, seconds, trainer.facts, steps_per_epoch, ranks)
+    utilization = trainer.utilization.summary()
+    results = final_results(
+        trainer.state, evaluation, test, kept_step, seconds, trainer.facts, steps_per_epoch, ranks, utilization
+    )
     save_final(trainer.accelerator, config, trainer.info, results, kept=module.state_dict(), last=last)
     trainer.console.summary(results, config.run_dir if config.writes_files else None)
     trainer.tracker.summarize(results)

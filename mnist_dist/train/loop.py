@@ -28,6 +28,7 @@ from mnist_dist.evaluate.exact import EvalResult, EvalSplits
 from mnist_dist.tracking.console import TrainingConsole
 from mnist_dist.tracking.tracker import Tracker
 from mnist_dist.train.agreement import Agreement
+from mnist_dist.train.flops import Utilization
 from mnist_dist.train.plan import EpochPlan, RunLength, finished
 from mnist_dist.train.progress import ProgressReport
 from mnist_dist.train.results import EpochSums, epoch_row
@@ -71,6 +72,8 @@ class Trainer:
     # This rank's data wait, forward and step times, which the agreement gathers (train/stragglers.py).
     # The launch check (check/equivalence.py) takes steps without one: a CPU timer nobody reads.
     timer: StepTimer = field(default_factory=StepTimer)
+    # The model's FLOPs per sample and the device's peak, for each epoch's and the run's MFU (train/flops.py).
+    utilization: Utilization = field(default_factory=Utilization.unknown)
 
     def finished(self) -> bool:
         """The epochs or --max-steps reached, or early stopping."""
@@ -155,6 +158,7 @@ class Trainer:
         state = self.state
         state.evaluated_step = state.step
         row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)
+        row |= self.utilization.of_epoch(train["samples_per_second"], train["seconds"])  # achieved FLOP/s, MFU
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
         self.selection.after_evaluation(evaluation.accuracy, self.module)
