@@ -65,13 +65,15 @@ def test_a_hostile_sweep_file_is_one_error_line(tmp_path, text, message):
     assert_one_line(error.value, path, message.replace("line 1", "line 3").replace("line 2", "line 4"))
 
 
-def test_billion_laughs_is_refused_in_well_under_a_second(tmp_path):
+def test_billion_laughs_is_refused_without_expanding(tmp_path):
     for levels in (9, 30):  # 30 levels: 9**30 values, refused as fast
         path = write(tmp_path, billion_laughs(levels))
         start = time.perf_counter()
         with pytest.raises(ConfigError, match="has aliases that expand"):
             read_yaml_mapping(path)
-        assert time.perf_counter() - start < 0.25
+        # Expanding even 9**9 values takes minutes and gigabytes; the refusal takes milliseconds. The bound
+        # is loose on purpose: a loaded machine (CI's other worker) once took 0.29 s.
+        assert time.perf_counter() - start < 5
 
 
 def test_small_aliases_and_merge_keys_are_still_read(tmp_path):
