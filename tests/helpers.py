@@ -97,13 +97,17 @@ def launch_command(script: str, processes: int, launcher: str, rendezvous: list[
     raise ValueError(launcher)
 
 
-def script_environment(processes: int, env: dict | None = None) -> dict:
-    """This environment, with the repository importable, unbuffered output, 1 thread a process when there are
-    several (2 for one alone), and no W&B API key; then `env` (which cannot bring the key back)."""
+def script_environment(env: dict | None = None) -> dict:
+    """This environment, with the repository importable, unbuffered output, 1 thread a process, and no W&B
+    API key; then `env` (which cannot bring the key back).
+
+    1 thread even for a process alone: the suite's two xdist workers share the 2 cores, and a run of 2
+    threads beside another worker's runs oversubscribes them (its OpenMP threads spin while they wait):
+    the one-epoch model runs of test_model_selection.py took 86-91 s with 2 threads, 56 s with 1."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1" if processes > 1 else "2",
+        "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
@@ -130,7 +134,7 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """Run `script` from the repository root to its end; stdout and stderr captured as text."""
     command = script_command(script, args, processes, launcher)
-    environment = script_environment(processes, env)
+    environment = script_environment(env)
     return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
@@ -146,7 +150,7 @@ def start_script(
     torchrun for several or with `rendezvous` options. stdout is a text pipe; stderr too, or pass
     stderr=subprocess.STDOUT to read both from stdout."""
     command = script_command(script, args, processes, None, rendezvous)
-    environment = script_environment(processes, env)
+    environment = script_environment(env)
     return subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 

@@ -6,6 +6,7 @@ a checkpoint: a run resumes from checkpoints/ only.
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 def finish(trainer: "Trainer", evaluation: EvalResult, seconds: float) -> dict:
     """Test the kept weights; write them, the last (`evaluation`'s) and summary.json; print and send the
     results. `seconds`: how long fit() took. Returns the results (summary.json's)."""
+    started = time.perf_counter()
     fail_together(trainer.accelerator, trainer.tracker.failure)  # a row lost since the ranks' last agreement
     module, splits, config = trainer.module, trainer.splits, trainer.config
     last = cpu_weights(module)
@@ -36,8 +38,10 @@ def finish(trainer: "Trainer", evaluation: EvalResult, seconds: float) -> dict:
     steps_per_epoch = trainer.length.steps_per_epoch
     ranks = trainer.agreement.stragglers.summary()
     utilization = trainer.utilization.summary()
+    trainer.time_split.end = time.perf_counter() - started
+    speed = {**utilization, "time_split": trainer.time_split.as_dict(seconds)}
     results = final_results(
-        trainer.state, evaluation, test, kept_step, seconds, trainer.facts, steps_per_epoch, ranks, utilization
+        trainer.state, evaluation, test, kept_step, seconds, trainer.facts, steps_per_epoch, ranks, speed
     )
     save_final(trainer.accelerator, config, trainer.info, results, kept=module.state_dict(), last=last)
     trainer.console.summary(results, config.run_dir if config.writes_files else None)

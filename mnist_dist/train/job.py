@@ -47,6 +47,7 @@ from mnist_dist.train.final import finish
 from mnist_dist.train.loop import Trainer
 from mnist_dist.train.signals import StopRequest
 from mnist_dist.train.stacks import StackDumps
+from mnist_dist.train.time_split import process_seconds
 
 
 def resolve(config: Config, accelerator: Accelerator, sources: dict[str, str]) -> Config:
@@ -254,6 +255,7 @@ def train(
             if trainer.already_finished:
                 return report_finished(trainer)
             save_config(trainer.config, job.accelerator)  # after the checkpoint was found to fit the options
+            trainer.time_split.start_up = process_seconds()
             started = time.perf_counter()
             evaluation = trainer.fit()
             results = finish(trainer, evaluation, time.perf_counter() - started)

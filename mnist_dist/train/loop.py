@@ -35,6 +35,7 @@ from mnist_dist.train.results import EpochSums, epoch_row
 from mnist_dist.train.selection import ModelSelection
 from mnist_dist.train.signals import StopRequest
 from mnist_dist.train.stragglers import StepTimer
+from mnist_dist.train.time_split import TimeSplit
 
 
 @dataclass(eq=False)
@@ -74,6 +75,8 @@ class Trainer:
     timer: StepTimer = field(default_factory=StepTimer)
     # The model's FLOPs per sample and the device's peak, for each epoch's and the run's MFU (train/flops.py).
     utilization: Utilization = field(default_factory=Utilization.unknown)
+    # Where this job's time went, for summary.json (train/time_split.py).
+    time_split: TimeSplit = field(default_factory=TimeSplit)
 
     def finished(self) -> bool:
         """The epochs or --max-steps reached, or early stopping."""
@@ -116,6 +119,7 @@ class Trainer:
             self.agreement.check(step)  # every CHECK_EVERY steps
             self.checkpoints.save_if_due(step, last_of_epoch=step_in_epoch == plan.last_step)
         seconds = time.perf_counter() - started
+        self.time_split.training += seconds
         self.agreement.check(self.state.step, force=True)
         # The speed counts what this job trained: a resumed epoch's sums also hold the samples before it.
         speed = trained * self.accelerator.num_processes / seconds if seconds else 0.0
@@ -155,6 +159,7 @@ class Trainer:
         started = time.perf_counter()
         evaluation = self.splits.evaluate(self.module)
         train["eval_seconds"] = time.perf_counter() - started
+        self.time_split.validation += train["eval_seconds"]
         state = self.state
         state.evaluated_step = state.step
         row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)

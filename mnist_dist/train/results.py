@@ -70,7 +70,7 @@ def final_results(
     facts: dict,
     steps_per_epoch: int,
     ranks: dict,
-    utilization: dict,
+    speed: dict,
 ) -> dict:
     """summary.json: the kept weights' test loss and accuracy (and validation accuracy, when a
     validation split chose them), the last weights' validation accuracy, how far training went, its
@@ -79,7 +79,8 @@ def final_results(
     `last`: the last epoch's evaluation (on the validation split when there is one, else on test).
     "epochs" counts whole epochs; with "steps" and "steps_per_epoch" it tells where --max-steps stopped.
     `ranks`: each rank's host and step times, and the slowest rank's cost (train/stragglers.py).
-    `utilization`: FLOPs per sample, the job's peak, achieved FLOP/s and MFU (train/flops.py, Utilization.summary).
+    `speed`: FLOPs per sample, the job's peak, achieved FLOP/s and MFU (train/flops.py, Utilization.summary),
+    and where the job's time went ("time_split": train/time_split.py).
     """
     chosen = state.best_step >= 0  # a validation split chose the weights
     selection = {"kept": "best" if chosen else "last", "kept_step": kept_step}
@@ -94,7 +95,7 @@ def final_results(
         "steps_per_epoch": steps_per_epoch,
         "world_size_changes": state.world_size_changes,  # resumes on another number of processes
         "seconds": seconds,
-        **utilization,
+        **speed,
         "ranks": ranks,
         **facts,
     }

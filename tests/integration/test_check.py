@@ -48,7 +48,7 @@ def test_two_gloo_processes_pass_every_check_and_write_the_table_as_json(data_di
     # --standalone: torchrun takes a free port as it binds it (test_distributed.py, run_probe)
     args = [*check_args(data_dir), "--json", tmp_path / "check.json"]
     command = script_command(CHECK[0], args, 2, "torchrun", rendezvous=["--standalone"])
-    result = subprocess.run(command, cwd=REPO, env=script_environment(2), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, env=script_environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "mnist-dist launch check: 2 processes" in result.stdout and not error_lines(result.stderr)
     assert result.stdout.count("WORLD_SIZE=2, group of 2") == 2  # one table, printed by rank 0 alone

@@ -21,7 +21,7 @@ def run_probe(script: str, out: Path, processes: int, launcher: str | None = Non
     out.mkdir()
     if launcher == "torchrun":
         command = script_command(script, [out], processes, launcher, rendezvous=["--standalone"])
-        environment = script_environment(processes)
+        environment = script_environment()
         result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
     else:
         result = run_script(script, [out], processes, launcher)
@@ -93,7 +93,7 @@ def test_a_lost_peer_is_told_by_where_the_error_comes_from_not_by_its_words(tmp_
         subprocess.Popen(
             command,
             cwd=REPO,
-            env={**script_environment(2), "RANK": str(rank), "WORLD_SIZE": "2"},
+            env={**script_environment(), "RANK": str(rank), "WORLD_SIZE": "2"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

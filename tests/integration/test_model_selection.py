@@ -188,7 +188,7 @@ def test_the_readmes_lines_for_using_a_model_run_as_written(recipe_run, data_dir
     assert len(blocks) == 3
     for block, expected in zip(blocks, (as_photo, as_pixels, as_pixels)):
         ran = subprocess.run(
-            [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=script_environment(1)
+            [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, env=script_environment()
         )
         assert ran.returncode == 0, block + ran.stderr[-3000:]
         assert "Warning" not in ran.stderr, block + ran.stderr[-3000:]  # e.g. NumPy's "not writable"

@@ -203,7 +203,9 @@ def test_an_error_of_every_rank_under_srun_is_said_once(cluster, data_dir, tmp_p
     job = Job(cluster, "cpu.sbatch", tmp_path, data_dir, extra=["--optimizer", "sgdd"])
     try:
         record = cluster.wait_for_job(job.id, {"FAILED"}, timeout=90)
-        assert record["ExitCode"] == "2:0", job.output()
+        # srun returns its tasks' highest exit code (128 + the signal of one that a signal ended): 2 when both
+        # tasks met the option, 143 when --kill-on-bad-exit's SIGTERM ended the slower one first (a loaded machine).
+        assert record["ExitCode"] in ("2:0", "143:0"), job.output()
         lines = [line for line in job.output().splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and "unknown optimizer 'sgdd'" in lines[0], job.output()
     finally:

@@ -38,6 +38,12 @@ def test_lenet_reaches_95_percent_on_digits_in_one_epoch_with_two_processes(trai
     assert [line["step"] for line in lines if line["type"] == "step"] == [50, 100, 150]  # 18,000 / (2 x 50) steps
     assert set(load_file(run_dir / "model.safetensors")) >= {"0.weight", "9.bias"}
     assert "(best weights, step 180)" in result.stdout  # the summary table
+    # Where the time went (the epoch's own figures), and the training's arithmetic rate against the peak.
+    split = results["time_split"]
+    assert split["training"] == epochs[0]["epoch_seconds"] and split["validation"] == epochs[0]["val_seconds"]
+    assert split["start_up"] > 1 and split["epoch_ends"] >= 0 and split["end"] > 0  # torch's import alone: > 1 s
+    assert results["train_flops_per_sample"] == 1_221_840  # lenet: its layers' matmuls and convolutions
+    assert 0 < results["mfu"] < 1 and results["peak_flops_per_second"] > results["achieved_flops_per_second"]
     # A log (not a terminal) keeps whole values, uncut at 80 columns, and ends with the files and next commands.
     assert results["git_commit"] in result.stdout
     assert "model.safetensors, last.safetensors, summary.json, metrics.jsonl" in result.stdout

@@ -20,7 +20,7 @@ def run_into_a_closed_pipe(script: str, args: list) -> subprocess.CompletedProce
     try:
         command = script_command(script, args, 1, None)
         return subprocess.run(
-            command, cwd=REPO, env=script_environment(1), stdout=writing, stderr=subprocess.PIPE, text=True, timeout=300
+            command, cwd=REPO, env=script_environment(), stdout=writing, stderr=subprocess.PIPE, text=True, timeout=300
         )
     finally:
         os.close(writing)

@@ -40,10 +40,23 @@ with StackDumps("USR2") as dumps:
 """
 
 
+def wait_until_blocked_in_select(pid: int, timeout: float = 10) -> None:
+    """Until the main thread of `pid` sleeps in select (its kernel wait channel: poll_schedule_timeout on
+    Linux), so that the signal finds it blocked in C, not still on its way there after printing "ready"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        channel = Path(f"/proc/{pid}/task/{pid}/wchan").read_text()
+        if "poll" in channel or "select" in channel:
+            return
+        time.sleep(0.005)
+    pytest.fail(f"process {pid} did not block in select (wait channel {channel!r})")
+
+
 def test_the_dump_signal_is_answered_by_its_own_thread_while_the_main_thread_is_blocked(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", BLOCKED, tmp_path], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "ready"
+        wait_until_blocked_in_select(process.pid)
         process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 10
         while not dumps_in(tmp_path) and time.monotonic() < deadline:
