@@ -9,16 +9,14 @@ gloo (CPU) or NCCL (GPUs, one per process). Compare with the step times in bench
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import machine, write_results  # noqa: E402
+from bench.runs import collective_microseconds, machine, write_results  # noqa: E402
 from mnist_dist.data.datasets import INFO  # noqa: E402
 from mnist_dist.models import build_model  # noqa: E402
 
@@ -49,18 +47,8 @@ def main() -> None:
             "broadcast": lambda tensor=tensor: dist.broadcast(tensor, src=0),
             "all_gather": lambda tensor=tensor, gathered=gathered: dist.all_gather(gathered, tensor),
         }
-        seconds = {key: [] for key in calls}
-        for repeat in range(REPEATS + 1):  # the first is a warm-up
-            for key, call in calls.items():
-                dist.barrier()
-                start = time.perf_counter()
-                for _ in range(CALLS):
-                    call()
-                if cuda:
-                    torch.cuda.synchronize()
-                if repeat:
-                    seconds[key].append((time.perf_counter() - start) / CALLS)
-        row = {"floats": size, **{f"{key}_us": statistics.median(values) * 1e6 for key, values in seconds.items()}}
+        synchronize = torch.cuda.synchronize if cuda else lambda: None
+        row = {"floats": size, **collective_microseconds(calls, REPEATS, CALLS, dist.barrier, synchronize)}
         results["models"][name] = row
         if rank == 0:
             timings = f"{row['all_reduce_us']:>11,.0f} {row['broadcast_us']:>10,.0f} {row['all_gather_us']:>11,.0f}"

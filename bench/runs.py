@@ -2,10 +2,12 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mnist_dist.tracking.metrics_log import read_metrics_log
@@ -74,3 +76,26 @@ def write_results(results: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def collective_microseconds(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    per_repeat: int,
+    barrier: Callable[[], None],
+    synchronize: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """Microseconds per call of each collective in `calls` ("<name>_us"), the median of `repeats` rounds of
+    `per_repeat` calls after a warm-up round; every round starts together (`barrier`) and ends once the
+    device has done its work (`synchronize`: a GPU's queue)."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for repeat in range(repeats + 1):  # the first is a warm-up
+        for name, call in calls.items():
+            barrier()
+            start = time.perf_counter()
+            for _ in range(per_repeat):
+                call()
+            synchronize()
+            if repeat:
+                seconds[name].append((time.perf_counter() - start) / per_repeat)
+    return {f"{name}_us": statistics.median(values) * 1e6 for name, values in seconds.items()}

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.runs import machine, train_command, write_results  # noqa: E402
+from bench.runs import collective_microseconds, machine, train_command, write_results  # noqa: E402
 from mnist_dist.config import make_config  # noqa: E402
 from mnist_dist.data.datasets import load_dataset  # noqa: E402
 from mnist_dist.distributed import build_accelerator  # noqa: E402
@@ -86,22 +86,13 @@ class FlagsOnly(Agreement):
         return [value > 0 for value in self.accelerator.reduce(flags, "sum").tolist()], []
 
 
-def collective_microseconds(accelerator) -> dict:
+def check_microseconds(accelerator) -> dict:
     """The check's collective alone: the old all_reduce of 3 flags and the all_gather of 7 numbers a rank."""
     calls = {
         "all_reduce_3": lambda: accelerator.reduce(torch.zeros(3, dtype=torch.float64), "sum").tolist(),
         "all_gather_7": lambda: accelerator.gather(torch.zeros(7, dtype=torch.float64)).tolist(),
     }
-    seconds = {name: [] for name in calls}
-    for repeat in range(COLLECTIVE_REPEATS + 1):  # the first is a warm-up
-        for name, call in calls.items():
-            accelerator.wait_for_everyone()
-            start = time.perf_counter()
-            for _ in range(COLLECTIVE_CALLS):
-                call()
-            if repeat:
-                seconds[name].append((time.perf_counter() - start) / COLLECTIVE_CALLS)
-    return {f"{name}_us": statistics.median(values) * 1e6 for name, values in seconds.items()}
+    return collective_microseconds(calls, COLLECTIVE_REPEATS, COLLECTIVE_CALLS, accelerator.wait_for_everyone)
 
 
 def timer_microseconds() -> float:
@@ -147,7 +138,7 @@ def worker(rounds: int, steps: int, data_dir: str) -> None:
             seconds = trainer.train_epoch(EpochPlan(epoch=index, skip_batches=0, first_step=1, last_step=steps))
             if index:
                 ms_per_step[variant].append(seconds["seconds"] / steps * 1000)
-    parts_us = collective_microseconds(accelerator) | {"timer_us": timer_microseconds()}
+    parts_us = check_microseconds(accelerator) | {"timer_us": timer_microseconds()}
     parts_us["handling_us"] = handling_microseconds()
     if accelerator.is_main_process:
         print(json.dumps({"ms_per_step": ms_per_step, "parts": parts_us}))
