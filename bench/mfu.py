@@ -8,7 +8,8 @@ Per model: FLOPs per training sample (forward + backward, FlopCounterMode: train
 reports), samples/s of forward + backward + optimizer step on one fixed batch of its dataset's shape
 (bench/model_step.py's step and timing: round-robin bursts, medians; each model's recipe batch and
 optimizer, channels_last as the trainer's default), achieved GFLOP/s = FLOPs per sample x samples/s,
-and its share of the peak. The peak is train/peak.py's matmul measurement given PEAK_SECONDS, before
+and its share of the peak. glibc's malloc is tuned as `train.py` tunes it (mnist_dist/train/allocator.py).
+The peak is train/peak.py's matmul measurement given PEAK_SECONDS, before
 and after the models (the higher is the yardstick; the two show how steady the machine was), beside
 the 0.3 s measurement a run makes once per machine.
 """
@@ -25,6 +26,7 @@ from bench.runs import machine, write_results  # noqa: E402
 from mnist_dist.data.datasets import INFO  # noqa: E402
 from mnist_dist.models import MODELS, build_model  # noqa: E402
 from mnist_dist.recipes import recipe  # noqa: E402
+from mnist_dist.train.allocator import keep_freed_memory  # noqa: E402
 from mnist_dist.train.flops import training_flops_per_sample  # noqa: E402
 from mnist_dist.train.peak import MEASURE_SECONDS, matmul_dtype, matmul_peak, synchronize  # noqa: E402
 
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto (bf16 on cuda, float32 on cpu), bf16 or no")
     parser.add_argument("--out", default="bench/results/mfu.json")
     args = parser.parse_args()
+    allocator_tuned = keep_freed_memory()  # as train.py does, before the models' tensors exist
     device = torch.device(args.device)
     precision = args.precision if args.precision != "auto" else "bf16" if device.type == "cuda" else "no"
     dtype = matmul_dtype(device.type, precision)
@@ -72,7 +75,10 @@ def main() -> None:
     peak = max(before, after)
 
     dtype_name = str(dtype).removeprefix("torch.")
-    print(f"{name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {dtype_name}")
+    print(
+        f"{name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {dtype_name}, "
+        f"malloc {'tuned' if allocator_tuned else 'defaults'}"
+    )
     print(
         f"peak: {dtype_name} matmul, best over {PEAK_SECONDS:g} s: {before / 1e9:,.1f} GFLOP/s before the models, "
         f"{after / 1e9:,.1f} after; a run's {MEASURE_SECONDS:g} s measurement: {run_figure / 1e9:,.1f}"
@@ -89,6 +95,7 @@ def main() -> None:
         )
     peaks = {"before": before, "after": after, "run_measurement": run_figure, "yardstick": peak}
     results = {"machine": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": dtype_name}
+    results["allocator_tuned"] = allocator_tuned
     results |= {"rounds": args.rounds, "peak_flops_per_second": peaks, "models": cases}
     write_results(results, args.out)
 

@@ -21,6 +21,7 @@ from mnist_dist.cli import parse_command_line
 from mnist_dist.config import stop_signal_names
 from mnist_dist.errors import STOPS, Interrupted, report_error
 from mnist_dist.evaluate.command import classify_files, evaluate_checkpoint, export_file, parse_args
+from mnist_dist.train.allocator import keep_freed_memory
 from mnist_dist.train.signals import StopRequest
 from mnist_dist.train.stacks import StackDumps
 
@@ -104,6 +105,7 @@ def train(argv: list[str] | None = None) -> int:
     # (train/stacks.py: a rank waiting in a collective dumps its stacks at once).
     with StackDumps(config.dump_signal) as stacks, StopRequest(stop_signal_names(config.stop_signals)) as stop:
         try:
+            keep_freed_memory()  # before torch allocates: each step's tensors reuse the last step's pages
             from mnist_dist.train import job  # torch, torchvision and accelerate load only from here on
 
             job.train(config, sources, stop, stacks)
@@ -131,6 +133,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     `mnist-dist-evaluate` do."""
     try:
         args = parse_args(argv)
+        keep_freed_memory()
         if args.predict:
             return classify_files(args)  # 2 when any file could not be classified, each said on its own line
         if args.export:

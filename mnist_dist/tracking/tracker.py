@@ -61,7 +61,6 @@ class Tracker:
         self.failure: WriteFailed | None = None
         self.wandb: WandbRun | None = None
         self.resumed_run_id = resumed_run_id
-        self.trained_samples, self.trained_seconds = 0, 0.0  # this attempt's epochs, for the overall samples/s
         self.rank_series = RankSeries()  # the "ranks" rows, for W&B's charts (while W&B is on)
         if not enabled:
             return
@@ -101,9 +100,6 @@ class Tracker:
         charts them at the next epoch row), or "world_size" (a resume on another number of processes: from,
         to). step: global optimizer step."""
         self.write_row({"type": kind, "step": step, **metrics})
-        if kind == "epoch":
-            self.trained_samples += metrics.get("train_samples", 0)
-            self.trained_seconds += metrics.get("epoch_seconds", 0.0)
         if self.wandb is None:
             return
         if kind == "ranks":  # charted with the next epoch row
@@ -122,10 +118,7 @@ class Tracker:
 
     def summarize(self, values: dict[str, Any]) -> None:
         if self.wandb is not None:
-            throughput = (
-                {"samples_per_second": self.trained_samples / self.trained_seconds} if self.trained_seconds else {}
-            )
-            self.wandb.summarize({**values, **throughput})
+            self.wandb.summarize(values)
 
     @property
     def wants_predictions(self) -> bool:

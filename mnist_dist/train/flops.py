@@ -60,14 +60,11 @@ def model_flops(model: torch.nn.Module, info: DatasetInfo) -> float:
 
 @dataclass
 class Utilization:
-    """A job's FLOPs per sample and peak (None where unknown), and the samples and seconds it has trained,
-    for the run's overall figure (a resumed run: since the resume)."""
+    """A job's FLOPs per sample and peak (None where unknown): what turns a speed into FLOP/s and MFU."""
 
     flops_per_sample: float | None  # FLOP, forward + backward
     peak_per_process: float | None  # FLOP/s, one process's device
     processes: int
-    samples: float = 0.0
-    seconds: float = 0.0
 
     @classmethod
     def unknown(cls) -> "Utilization":
@@ -86,16 +83,10 @@ class Utilization:
         achieved = self.flops_per_sample * samples_per_second
         return {"achieved_flops_per_second": achieved, "mfu": achieved / self.peak if self.peak else None}
 
-    def of_epoch(self, samples_per_second: float, seconds: float) -> dict:
-        """The epoch row's rates; the epoch's samples and seconds count into the run's."""
-        self.samples += samples_per_second * seconds
-        self.seconds += seconds
-        return self.rates(samples_per_second)
-
-    def summary(self) -> dict:
-        """summary.json's: the FLOPs per sample, the job's peak, and the rates over this job's epochs
-        (None when it trained no step: a finished run's final files written again)."""
-        overall = self.rates(self.samples / self.seconds) if self.seconds else dict(NO_RATES)
+    def summary(self, samples_per_second: float | None) -> dict:
+        """summary.json's: the FLOPs per sample, the job's peak, and the rates at the job's overall speed
+        (TimeSplit.samples_per_second; None when it trained no step: a finished run's final files written again)."""
+        overall = self.rates(samples_per_second) if samples_per_second else dict(NO_RATES)
         return {"train_flops_per_sample": self.flops_per_sample, "peak_flops_per_second": self.peak, **overall}
 
 

@@ -119,10 +119,11 @@ class Trainer:
             self.agreement.check(step)  # every CHECK_EVERY steps
             self.checkpoints.save_if_due(step, last_of_epoch=step_in_epoch == plan.last_step)
         seconds = time.perf_counter() - started
-        self.time_split.training += seconds
-        self.agreement.check(self.state.step, force=True)
         # The speed counts what this job trained: a resumed epoch's sums also hold the samples before it.
-        speed = trained * self.accelerator.num_processes / seconds if seconds else 0.0
+        trained *= self.accelerator.num_processes
+        self.time_split.add_epoch(trained, seconds)
+        self.agreement.check(self.state.step, force=True)
+        speed = trained / seconds if seconds else 0.0
         return {**self.sums.over_ranks(self.accelerator), "seconds": seconds, "samples_per_second": speed}
 
     def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
@@ -163,7 +164,7 @@ class Trainer:
         state = self.state
         state.evaluated_step = state.step
         row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)
-        row |= self.utilization.of_epoch(train["samples_per_second"], train["seconds"])  # achieved FLOP/s, MFU
+        row |= self.utilization.rates(train["samples_per_second"])  # achieved FLOP/s, MFU
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
         self.selection.after_evaluation(evaluation.accuracy, self.module)

@@ -33,6 +33,17 @@ class TimeSplit:
     training: float = 0.0
     validation: float = 0.0
     end: float = 0.0
+    samples: int = 0  # what this job trained, all processes: a resumed epoch's earlier samples are not its own
+
+    def add_epoch(self, samples: int, seconds: float) -> None:
+        """An epoch's training loop: `samples` trained by all processes in `seconds`."""
+        self.samples += samples
+        self.training += seconds
+
+    @property
+    def samples_per_second(self) -> float | None:
+        """The job's overall training speed (all processes), None before it trained a step."""
+        return self.samples / self.training if self.training and self.samples else None
 
     def as_dict(self, fit_seconds: float) -> dict[str, float | None]:
         """summary.json's split; `fit_seconds`: Trainer.fit's whole time, of which the rest is the epochs' ends."""

@@ -21,6 +21,7 @@ from mnist_dist.train import peak as peak_module
 from mnist_dist.train.flops import Utilization, job_utilization, model_flops, training_flops_per_sample
 from mnist_dist.train.machine_cache import cached
 from mnist_dist.train.peak import device_peak, matmul_peak
+from mnist_dist.train.time_split import TimeSplit
 
 CPU = torch.device("cpu")
 
@@ -117,17 +118,21 @@ def test_a_matmul_peak_is_a_plausible_rate_and_draws_no_training_random_number()
 def test_the_mfu_arithmetic():
     utilization = Utilization(flops_per_sample=4e6, peak_per_process=1e11, processes=2)
     assert utilization.peak == 2e11  # every process has its own device, or share of the cores
-    assert utilization.of_epoch(10_000, seconds=2.0) == {"achieved_flops_per_second": 4e10, "mfu": 0.2}
-    assert utilization.of_epoch(20_000, seconds=1.0) == {"achieved_flops_per_second": 8e10, "mfu": 0.4}
-    summary = utilization.summary()  # 40,000 samples in 3 s
+    assert utilization.rates(10_000) == {"achieved_flops_per_second": 4e10, "mfu": 0.2}
+    assert utilization.rates(20_000) == {"achieved_flops_per_second": 8e10, "mfu": 0.4}
+    split = TimeSplit()
+    split.add_epoch(20_000, seconds=2.0)
+    split.add_epoch(20_000, seconds=1.0)
+    summary = utilization.summary(split.samples_per_second)  # 40,000 samples in 3 s
     assert summary["achieved_flops_per_second"] == pytest.approx(4e6 * 40_000 / 3)
     assert summary["mfu"] == pytest.approx(4e6 * 40_000 / 3 / 2e11)
     assert (summary["train_flops_per_sample"], summary["peak_flops_per_second"]) == (4e6, 2e11)
 
 
 def test_without_figures_or_training_there_is_no_rate():
-    assert Utilization.unknown().of_epoch(10_000, 1.0) == {"achieved_flops_per_second": None, "mfu": None}
-    untrained = Utilization(4e6, 1e11, 1).summary()  # a finished run's final files written again
+    assert Utilization.unknown().rates(10_000) == {"achieved_flops_per_second": None, "mfu": None}
+    assert TimeSplit().samples_per_second is None
+    untrained = Utilization(4e6, 1e11, 1).summary(None)  # a finished run's final files written again
     assert (untrained["achieved_flops_per_second"], untrained["mfu"]) == (None, None)
 
 

@@ -36,7 +36,6 @@ def test_every_logged_row_is_in_metrics_jsonl_in_order_and_flushed(tmp_path):
     logged.close()
     assert [(row["type"], row["step"]) for row in rows(tmp_path)] == [("step", 10), ("epoch", 20)]
     assert rows(tmp_path)[1]["val_accuracy"] == 0.9
-    assert (logged.trained_samples, logged.trained_seconds) == (640, 2.0)  # the epochs' sums, for samples/s
     assert logged.failure is None and logged.wandb is None
 
 
