@@ -29,6 +29,7 @@ RECIPES = {
     "configs/fashion-92.yaml": (0.92, 25.0),
     "configs/fashion-93.yaml": (0.93, 40.0),
     "configs/fashion-120s.yaml": (None, 120.0),
+    "configs/fashion-94.yaml": (0.94, 300.0),
 }
 
 

@@ -57,6 +57,7 @@ OPTION_GROUPS = (
             "download",
             "val_size",
             "augment",
+            "augment_shift",
             "eval_flip",
             "loader",
             "num_workers",

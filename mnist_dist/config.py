@@ -20,7 +20,7 @@ from mnist_dist.errors import ConfigError, did_you_mean
 # The names each option accepts. models.py and data/datasets.py register exactly these
 # (a unit test checks it), so a typo is caught here, before torch is imported.
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-pkl")
-MODELS = ("cnn", "cnn-wide", "lenet", "linear", "mlp", "mlp-sigmoid", "mlp-wide", "cifar-mlp")
+MODELS = ("cnn", "cnn-wide", "cnn-deep", "lenet", "linear", "mlp", "mlp-sigmoid", "mlp-wide", "cifar-mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle", "step")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -97,6 +97,7 @@ class Config:
         "augment on the device: shifts up to 2 px (digit sets), flips (Fashion-MNIST), 4 px crop + flip (CIFAR-10); "
         "each sample's draw depends on (seed, epoch, sample) only, so any number of processes sees the same images",
     )
+    augment_shift: int = option(-1, "with --augment: the largest random shift, pixels each way, 0-8; -1: the dataset's")
     eval_flip: bool = option(
         False,
         "evaluate each image and its mirror image and average the logits (test-time augmentation, with --augment; "
@@ -219,6 +220,9 @@ class Config:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}.")
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ConfigError(f"val_size must be a fraction below 1 or a whole number of samples, got {self.val_size}.")
+        if not -1 <= self.augment_shift <= 8 or (self.augment_shift != -1 and not self.augment):  # 8: a third of 28
+            message = f"augment_shift {self.augment_shift}: pass 0 to 8 pixels with --augment, or -1 (the dataset's)."
+            raise ConfigError(message)
         if self.early_stopping_patience and not self.val_size:
             raise ConfigError(
                 "early stopping chooses on the validation split, and val_size 0 holds out none: "

@@ -66,23 +66,25 @@ def lenet(info: DatasetInfo) -> nn.Module:
     )
 
 
-def strided_cnn(info: DatasetInfo, widths: tuple[int, int, int], head: int) -> nn.Sequential:
-    """Three stride-2 3x3 conv+BN+ReLU stages of `widths` channels, then a `head`-unit BN+ReLU layer."""
+def strided_cnn(info: DatasetInfo, widths: tuple[int, int, int], head: int, deep: bool = False) -> nn.Sequential:
+    """Three stages of `widths` channels, each a stride-2 3x3 conv+BN+ReLU (with `deep`, followed by a
+    stride-1 one at the same width), then a `head`-unit BN+ReLU layer."""
 
-    def stage(fan_in: int, fan_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(fan_in, fan_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(fan_out), nn.ReLU()]
+    def conv(fan_in: int, fan_out: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(fan_in, fan_out, 3, stride, padding=1, bias=False), nn.BatchNorm2d(fan_out), nn.ReLU()]
 
+    layers, fan_in = [], info.channels
+    for fan_out in widths:
+        layers += conv(fan_in, fan_out, stride=2) + (conv(fan_out, fan_out, stride=1) if deep else [])
+        fan_in = fan_out
     # Each stage halves the side, rounding up: 28 -> 14 -> 7 -> 4 (32 -> 16 -> 8 -> 4).
     height, width = info.height, info.width
     for _ in range(3):
         height, width = (height + 1) // 2, (width + 1) // 2
-    first, second, third = widths
     return nn.Sequential(
-        *stage(info.channels, first),
-        *stage(first, second),
-        *stage(second, third),
-        nn.Flatten(),  # (N, third, 4, 4) -> (N, 16 * third)
-        nn.Linear(third * height * width, head, bias=False),
+        *layers,
+        nn.Flatten(),  # (N, widths[-1], 4, 4) -> (N, 16 * widths[-1])
+        nn.Linear(widths[-1] * height * width, head, bias=False),
         nn.BatchNorm1d(head),
         nn.ReLU(),
         nn.Linear(head, info.num_classes),
@@ -104,6 +106,13 @@ def cnn_wide(info: DatasetInfo) -> nn.Sequential:
     return strided_cnn(info, (32, 64, 128), 256)
 
 
+def cnn_deep(info: DatasetInfo) -> nn.Sequential:
+    """cnn-wide with a second, stride-1 3x3 conv in each stage (6 convolutions): 3.3x cnn-wide's arithmetic
+    (51.7 MFLOP a training sample), which its larger convolutions run at about 80% of the matmul peak on
+    two CPU cores; for the 5-minute Fashion-MNIST recipe (configs/fashion-94.yaml)."""
+    return strided_cnn(info, (32, 64, 128), 256, deep=True)
+
+
 class MirrorAveraged(nn.Sequential):
     """The same layers (and state_dict keys) as the nn.Sequential it is made from; in eval mode its logits
     are the mean of those of each image and of its mirror image: test-time augmentation for classes that
@@ -120,6 +129,7 @@ class MirrorAveraged(nn.Sequential):
 MODELS: dict[str, Callable[[DatasetInfo], nn.Sequential]] = {
     "cnn": cnn,
     "cnn-wide": cnn_wide,
+    "cnn-deep": cnn_deep,
     "lenet": lenet,
     "linear": linear,
     "mlp": mlp_relu,

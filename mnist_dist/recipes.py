@@ -29,6 +29,7 @@ FAST = {
 RECIPES: dict[str, dict[str, Any]] = {
     "cnn": FAST,
     "cnn-wide": FAST,
+    "cnn-deep": FAST,
     # SGD with momentum as in the classic LeNet recipe (configs/lenet.yaml: batch 100, lr 0.05), at
     # pytorch/examples' batch 64 and lr 0.03: one epoch of digits gave 96.4-98.0% at batch 100 (seed 0,
     # 1 and 2 processes), 97.5-98.6% at batch 64 (seeds 0-2).

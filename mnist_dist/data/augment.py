@@ -1,9 +1,10 @@
 """Augmentation on the training device, a whole batch at a time, the same whatever the world size.
 
 Digit-like sets get random shifts of up to 2 pixels; Fashion-MNIST random horizontal flips only
-(its items are centred: shifts of 1 or 2 pixels cost accuracy in every measured budget, docs/BENCHMARKS.md);
-CIFAR-10 the classic random crop (4 pixels of zero padding) and horizontal flip. Works on uint8
-batches before normalization, so the padding is black background.
+(its items are centred: shifts of 1 or 2 pixels cost the cnn accuracy in every budget up to 2 minutes;
+the deeper cnn-deep of the 5-minute recipe, which overfits more, takes 1 pixel: --augment-shift,
+docs/BENCHMARKS.md); CIFAR-10 the classic random crop (4 pixels of zero padding) and horizontal flip.
+Works on uint8 batches before normalization, so the padding is black background.
 
 Each sample's draws are a function of (seed, epoch, sample index) only: a counter-based generator
 (an integer hash of those numbers), not a random stream consumed in batch order. So an image gets
@@ -64,10 +65,13 @@ def random_shift(images: torch.Tensor, max_shift: int, flip: bool, draws: torch.
 
 
 class Augmenter:
-    """The dataset's policy, drawn per sample from (seed, epoch, sample index)."""
+    """The dataset's policy, drawn per sample from (seed, epoch, sample index); `max_shift` (--augment-shift)
+    replaces the policy's shift unless it is -1."""
 
-    def __init__(self, dataset: str, seed: int):
+    def __init__(self, dataset: str, seed: int, max_shift: int = -1):
         self.max_shift, self.flip = POLICIES.get(dataset, DEFAULT_POLICY)
+        if max_shift != -1:
+            self.max_shift = max_shift
         self.seed = seed
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor, epoch: int) -> torch.Tensor:

@@ -128,7 +128,7 @@ def fits_on(dataset: ImageSet, device: torch.device) -> bool:
 def build_train_loader(config: Config, dataset: ImageSet, device: torch.device, rank: int, world_size: int):
     """`--loader resident`, `dataloader`, or `auto`: resident when the split fits on the device."""
     shard = (dataset, config.batch_size, device, rank, world_size, config.seed)
-    augment = Augmenter(config.dataset, config.seed) if config.augment else None
+    augment = Augmenter(config.dataset, config.seed, config.augment_shift) if config.augment else None
     if config.loader == "resident" or (config.loader == "auto" and fits_on(dataset, device)):
         return ResidentBatches(*shard, augment=augment)
     return DataLoaderBatches(*shard, augment=augment, num_workers=config.num_workers)

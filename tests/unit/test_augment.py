@@ -74,3 +74,16 @@ def test_only_the_sets_whose_classes_survive_a_mirror_are_flipped():
     mirrored = sum(torch.equal(out[i], images[i].flip(2).to(torch.uint8)) for i in range(64))
     kept = sum(torch.equal(out[i], images[i].to(torch.uint8)) for i in range(64))
     assert mirrored + kept == 64 and 10 < mirrored < 54  # flipped or untouched: no shifts for clothing
+
+
+def test_augment_shift_replaces_the_datasets_shift_and_keeps_its_flips():
+    assert (Augmenter("fashion-mnist", seed=0).max_shift, Augmenter("digits", seed=0).max_shift) == (0, 2)
+    fashion = Augmenter("fashion-mnist", seed=0, max_shift=1)  # --augment-shift 1 (configs/fashion-94.yaml)
+    assert (fashion.max_shift, fashion.flip) == (1, True)
+    assert Augmenter("digits", seed=0, max_shift=0).max_shift == 0  # 0 turns the digit sets' shifts off
+    images = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 14, 10] = 200  # off the vertical axis, so a mirror image moves it to column 17
+    out = fashion(images, torch.arange(64), epoch=0)
+    rows, cols = (out[:, 0] == 200).nonzero()[:, 1:].T
+    assert len(rows) == 64 and rows.sub(14).abs().max() <= 1
+    assert set(cols.tolist()) <= {9, 10, 11, 16, 17, 18} and {9, 11, 16, 18} & set(cols.tolist())

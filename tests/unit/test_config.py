@@ -114,6 +114,8 @@ def test_saved_config_loads_back_equal(tmp_path):
         (["--stop-signals", ","], "stop_signals names no signal"),
         (["--eval-flip"], "--eval-flip averages each image with its mirror image, which changes digits' classes"),
         (["--dataset", "fashion-mnist", "--eval-flip"], "--eval-flip needs --augment: a model never trained on mirror"),
+        (["--augment", "--augment-shift", "9"], "augment_shift 9: pass 0 to 8 pixels with --augment, or -1"),
+        (["--augment-shift", "1"], "augment_shift 1: pass 0 to 8 pixels with --augment"),
     ],
 )
 def test_invalid_flags_are_explained(argv, message):

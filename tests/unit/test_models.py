@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from mnist_dist import config
 from mnist_dist.data.datasets import INFO
@@ -45,3 +46,27 @@ def test_eval_flip_averages_each_image_with_its_mirror_and_keeps_the_weights_lay
     mirrored = (plain(images) + plain(images.flip(3))) / 2
     torch.testing.assert_close(flipping(images), mirrored)
     assert not torch.allclose(mirrored, plain(images))  # the mirror view changes the logits
+
+
+def test_cnn_deep_is_cnn_wide_with_a_stride_1_convolution_in_each_stage():
+    info = INFO["fashion-mnist"]
+
+    def convolutions(name: str) -> list[tuple[int, int, int]]:
+        return [
+            (m.in_channels, m.out_channels, m.stride[0]) for m in build_model(name, info) if isinstance(m, nn.Conv2d)
+        ]
+
+    assert convolutions("cnn-wide") == [(1, 32, 2), (32, 64, 2), (64, 128, 2)]
+    assert convolutions("cnn-deep") == [(1, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1)]
+    # The cnns' weights keep their names (checkpoints written before cnn-deep load): conv, BN, ReLU per stage.
+    assert [key for key in build_model("cnn", info).state_dict() if key.endswith("weight")] == [
+        "0.weight",
+        "1.weight",
+        "3.weight",
+        "4.weight",
+        "6.weight",
+        "7.weight",
+        "10.weight",
+        "11.weight",
+        "13.weight",
+    ]
