@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (about 12 minutes on 2 CPU cores). Extra arguments go
+# Set up, then run the whole test suite (12-14 minutes on 2 CPU cores, with the shared machine's load). Extra arguments go
 # to pytest: scripts/test.sh tests/unit -x
 #
 # Two pytest workers (pytest-xdist): most tests wait on start-up, a collective's timeout or a SLURM
