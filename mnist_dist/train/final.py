@@ -37,7 +37,8 @@ def finish(trainer: "Trainer", evaluation: EvalResult, seconds: float) -> dict:
     test = splits.evaluate(module, test=True) if splits.held_out else evaluation
     steps_per_epoch = trainer.length.steps_per_epoch
     ranks = trainer.agreement.stragglers.summary()
-    utilization = trainer.utilization.summary(trainer.time_split.samples_per_second)
+    overall = trainer.time_split.samples_per_second  # this job's training speed, all processes
+    utilization = trainer.utilization.summary(overall)
     trainer.time_split.end = time.perf_counter() - started
     speed = {**utilization, "time_split": trainer.time_split.as_dict(seconds)}
     results = final_results(
@@ -45,7 +46,6 @@ def finish(trainer: "Trainer", evaluation: EvalResult, seconds: float) -> dict:
     )
     save_final(trainer.accelerator, config, trainer.info, results, kept=module.state_dict(), last=last)
     trainer.console.summary(results, config.run_dir if config.writes_files else None)
-    overall = trainer.time_split.samples_per_second  # W&B's summary: this job's training speed
     trainer.tracker.summarize({**results, **({"samples_per_second": overall} if overall else {})})
     log_predictions(trainer, kept_step)
     if config.writes_files and trainer.accelerator.is_main_process:
