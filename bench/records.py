@@ -1,6 +1,6 @@
 """The Fashion-MNIST records: each recipe's whole command, timed from launch to exit, over several seeds.
 
-    .venv/bin/python bench/records.py [--seeds 5] [--out bench/results/records.json]
+    .venv/bin/python bench/records.py [--seeds 5] [--configs ...] [--yardstick COMMIT] [--out FILE.json]
 
 Each run is exactly what a user types, `python train.py --config configs/fashion-92.yaml --seed S`
 (plus a temporary --run-dir and --wandb disabled): imports, data loading, training, the validation
@@ -8,10 +8,12 @@ split choosing the kept weights, and the kept weights' one test evaluation, all 
 The accuracy is summary.json's test_accuracy, of the weights the run keeps; nothing is chosen on the
 test split. Reported airbench-style: mean and standard deviation of the accuracy over the seeds, and
 the median wall time. The runs go round-robin (seed 0 of every recipe, then seed 1, ...), so a slow
-spell of this shared machine falls on all recipes alike.
+spell of this shared machine falls on all recipes alike. With `--yardstick COMMIT`, each recipe also runs
+once as that commit has it (seed 0, after the middle seed): the same machine's speed for the code before.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,14 +36,16 @@ RECIPES = {
 }
 
 
-def run_recipe(config: str, seed: int, data_dir: str) -> dict:
-    """One whole `python train.py --config ...` run: its wall seconds and its summary.json."""
+def run_recipe(config: str, seed: int, data_dir: str, tree: Path = REPO) -> dict:
+    """One whole `python train.py --config ...` run of the code and configs in `tree` (this checkout, or a
+    yardstick commit's): its wall seconds and its summary.json."""
     with tempfile.TemporaryDirectory() as folder:
         run_dir = Path(folder) / "run"
+        data_dir = str(Path(REPO, data_dir))  # the same data for the yardstick's tree
         args = ["--config", config, "--seed", str(seed), "--data-dir", data_dir, "--run-dir", str(run_dir)]
-        command = train_command([*args, "--wandb", "disabled"])
+        command = train_command([*args, "--wandb", "disabled"], script=tree / "train.py")
         started = time.perf_counter()
-        process = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True)
+        process = subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True)
         wall = time.perf_counter() - started
         if process.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.decode(errors='replace')[-2000:]}")
@@ -54,8 +59,20 @@ def run_recipe(config: str, seed: int, data_dir: str) -> dict:
             # where the wall time went: training steps, the validation after each epoch, and the rest
             # (imports, data loading, checkpoints, the final test evaluation, saving)
             "train_seconds": sum(row["epoch_seconds"] for row in epochs),
-            "val_seconds": sum(row["val_seconds"] for row in epochs),
+            "val_seconds": sum(row.get("val_seconds", 0.0) for row in epochs),  # --val-every: some epochs only
         }
+
+
+@contextlib.contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """A checkout of `commit` in a temporary folder (a git worktree), removed after."""
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit], cwd=REPO, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=True)
 
 
 def report(config: str, runs: list[dict]) -> dict:
@@ -85,14 +102,29 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--configs", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", default="bench/results/records.json")
+    parser.add_argument(
+        "--yardstick",
+        metavar="COMMIT",
+        help="also run each recipe as that commit has it (its code and config), seed 0, once, in the middle of the "
+        "seeds: the machine's speed today, beside the figures",
+    )
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {config: [] for config in args.configs}
-    for seed in range(args.seeds):
-        for config in args.configs:
-            run = run_recipe(config, seed, args.data_dir)
-            runs[config].append(run)
-            print(f"{config:<28} seed {seed}: {run['test_accuracy']:.2%} in {run['wall_seconds']:.1f} s", flush=True)
-    results = {"machine": machine(), "seeds": args.seeds, "recipes": [report(c, r) for c, r in runs.items()]}
+    yardsticks: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        tree = stack.enter_context(worktree(args.yardstick)) if args.yardstick else None
+        for seed in range(args.seeds):
+            for config in args.configs:
+                run = run_recipe(config, seed, args.data_dir)
+                runs[config].append(run)
+                print(
+                    f"{config:<28} seed {seed}: {run['test_accuracy']:.2%} in {run['wall_seconds']:.1f} s", flush=True
+                )
+                if tree and seed == args.seeds // 2 and (tree / config).is_file():
+                    yardsticks[config] = {"commit": args.yardstick, **run_recipe(config, 0, args.data_dir, tree)}
+                    print(f"{config:<28} at {args.yardstick}, seed 0: {yardsticks[config]['wall_seconds']:.1f} s")
+    recipes = [report(c, r) | ({"yardstick": yardsticks[c]} if c in yardsticks else {}) for c, r in runs.items()]
+    results = {"machine": machine(), "seeds": args.seeds, "recipes": recipes}
     for entry in results["recipes"]:
         print(
             f"{entry['config']:<28} {entry['mean_accuracy']:.2%} +- {entry['std_accuracy']:.2%} "

@@ -83,7 +83,7 @@ OPTION_GROUPS = (
     OptionGroup(
         "schedule",
         "how long training runs, and the learning rate along the way",
-        ("epochs", "max_steps", "early_stopping_patience", "schedule", "lr_step_epochs", "lr_gamma"),
+        ("epochs", "max_steps", "val_every", "early_stopping_patience", "schedule", "lr_step_epochs", "lr_gamma"),
     ),
     OptionGroup(
         "checkpoints",

@@ -34,7 +34,7 @@ MIRRORED = ("fashion-mnist", "cifar10")  # sets whose classes a horizontal flip 
 STOP_SIGNAL_NAMES = ("USR1", "USR2", "TERM", "INT", "HUP", "QUIT")
 DUMP_SIGNALS = ("QUIT", "USR1", "USR2", "HUP", "none")  # --dump-signal: stacks written, training goes on
 AT_LEAST_ONE = ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "lr_step_epochs")
-AT_LEAST_ONE += ("keep_checkpoints",)
+AT_LEAST_ONE += ("keep_checkpoints", "val_every")
 NOT_NEGATIVE = ("momentum", "weight_decay", "max_grad_norm", "max_steps", "early_stopping_patience", "num_workers")
 NOT_NEGATIVE += ("checkpoint_every", "seed", "collective_timeout", "val_size")
 # Seconds a collective waits by default: a stuck node is found in minutes, not torch's 30 (gloo) or 10 (NCCL).
@@ -89,9 +89,8 @@ class Config:
     label_smoothing: float = option(0.1, "cross-entropy label smoothing, 0..1")
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
-    early_stopping_patience: int = option(
-        0, "stop after this many epochs without a better validation accuracy; 0 disables"
-    )
+    early_stopping_patience: int = option(0, "stop after this many epochs without a better validation accuracy; 0: off")
+    val_every: int = option(1, "evaluate every this many epochs and after the last; the kept weights are from those")
     augment: bool = option(
         False,
         "augment on the device: shifts up to 2 px (digit sets), flips (Fashion-MNIST), 4 px crop + flip (CIFAR-10); "

@@ -47,21 +47,31 @@ def random_shift(images: torch.Tensor, max_shift: int, flip: bool, draws: torch.
     """Each image moved by its own (dy, dx) in [-max_shift, max_shift], optionally mirrored.
 
     `draws`: int64 (N,) from `sample_draws`: bits 0-15 give dy, bits 16-31 dx, bit 15 the flip (the
-    modulo of a 16-bit value by 2 * max_shift + 1 is uniform to within 1 part in 13,000).
+    modulo of a 16-bit value by 2 * max_shift + 1 is uniform to within 1 part in 13,000). A new tensor,
+    but `images` itself where nothing moves (no shift, no flip).
     """
+    mirror = ((draws >> 15) & 1).bool() if flip else None
+    if not max_shift:  # flips alone (Fashion-MNIST's policy): no gather at all
+        return images if mirror is None else mirrored(images, mirror)
     n, c, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)  # (N, C, H + 2s, W + 2s)
-    dy = ((draws & 0xFFFF) % (2 * max_shift + 1))[:, None]  # (N, 1): the padded window's top row
-    dx = ((draws >> 16) % (2 * max_shift + 1))[:, None]  # (N, 1): its left column
-    rows = (torch.arange(h, device=images.device) + dy)[:, None, :, None]  # (N, 1, H, 1)
-    cols = (torch.arange(w, device=images.device) + dx)[:, None, None, :]  # (N, 1, 1, W)
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channel = torch.arange(c, device=images.device)[None, :, None, None]
-    shifted = padded[batch, channel, rows, cols]  # (N, C, H, W): one gather for the whole batch
-    if flip:
-        mirror = ((draws >> 15) & 1).bool()
-        shifted = torch.where(mirror[:, None, None, None], shifted.flip(3), shifted)
-    return shifted
+    padded_w = w + 2 * max_shift
+    dy = (draws & 0xFFFF) % (2 * max_shift + 1)  # (N,): the padded window's top row
+    dx = (draws >> 16) % (2 * max_shift + 1)  # (N,): its left column
+    cols = torch.arange(w, device=images.device).expand(n, w)  # (N, W): the window's columns, mirrored where drawn
+    if mirror is not None:
+        cols = torch.where(mirror[:, None], cols.flip(1), cols)
+    rows = torch.arange(h, device=images.device)[None, :, None] + dy[:, None, None]  # (N, H, 1)
+    index = (rows * padded_w + (cols + dx[:, None])[:, None, :]).view(n, 1, h * w)  # each pixel's place in padded
+    # One gather over each image's flattened padded pixels: 2-5x faster than indexing with 4 index tensors
+    # (bench/augment.py).
+    return padded.view(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def mirrored(images: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    """`images` (N, C, H, W) with those where `mirror` (N,) is True flipped left to right. torch.where rather
+    than copying the chosen ones by index: their count would cost a GPU a host sync every batch."""
+    return torch.where(mirror[:, None, None, None], images.flip(3), images)
 
 
 class Augmenter:

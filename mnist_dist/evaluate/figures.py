@@ -161,10 +161,12 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
         loss_axes.plot(step_x, [row["loss"] for row in steps], color="#1f77b4", alpha=0.3, label="train (logged steps)")
     smoothing = f" (label smoothing {label_smoothing})" if label_smoothing else ""
     loss_axes.plot(x, [row["train_loss"] for row in epochs], "o-", color="#1f77b4", label="train" + smoothing)
-    split = "val" if "val_loss" in epochs[0] else "test"
-    loss_axes.plot(x, [row[f"{split}_loss"] for row in epochs], "s-", color="#ff7f0e", label=split)
+    split = "val" if any("val_loss" in row for row in epochs) else "test"
+    evaluated = [row for row in epochs if f"{split}_loss" in row]  # every epoch, or every --val-every and the last
+    eval_x = [row["epoch"] for row in evaluated]
+    loss_axes.plot(eval_x, [row[f"{split}_loss"] for row in evaluated], "s-", color="#ff7f0e", label=split)
     accuracy_axes.plot(x, [row["train_accuracy"] for row in epochs], "o-", color="#1f77b4", label="train")
-    accuracy_axes.plot(x, [row[f"{split}_accuracy"] for row in epochs], "s-", color="#ff7f0e", label=split)
+    accuracy_axes.plot(eval_x, [row[f"{split}_accuracy"] for row in evaluated], "s-", color="#ff7f0e", label=split)
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set_title(name)
         axes.legend(fontsize=8)

@@ -148,8 +148,8 @@ class TrainingConsole:
             f"{row['epoch']}",
             f"{row['train_loss']:.4f}",
             f"{row['train_accuracy']:.2%}",
-            f"{row[split + '_loss']:.4f}",
-            f"{row[split + '_accuracy']:.2%}",
+            f"{row[split + '_loss']:.4f}" if split + "_loss" in row else "-",  # not evaluated (--val-every)
+            f"{row[split + '_accuracy']:.2%}" if split + "_accuracy" in row else "-",
             f"{row['epoch_seconds']:.1f}",
             f"{row['samples_per_second']:,.0f}",
             *flops_cells(row),

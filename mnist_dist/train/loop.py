@@ -1,9 +1,10 @@
-"""The training loop: epochs of sharded batches, an exact validation after each, checkpoints to resume from.
+"""The training loop: epochs of sharded batches, an exact validation after each (or every --val-every),
+checkpoints to resume from.
 
     fit()          until the epochs, --max-steps or early stopping: train_epoch, then end_epoch
     train_epoch()  the optimizer steps of one epoch's plan: progress, the ranks' agreement, checkpoints when due
     train_step()   forward and backward of a group of batches, then one optimizer step
-    end_epoch()    evaluate, log the epoch's row, choose the model, checkpoint when due
+    end_epoch()    evaluate (each --val-every epochs), log the epoch's row, choose the model, checkpoint when due
 
 train/build.py makes the trainer's parts (resumed from a checkpoint where there is one); train/final.py
 tests the kept weights and writes the run's files once fit() returns. Every rank runs the same loop on
@@ -87,7 +88,7 @@ class Trainer:
         evaluation = None
         with self.stop:
             while not self.finished():
-                evaluation = self.end_epoch(self.train_epoch(self.length.plan_epoch(self.state)))
+                evaluation = self.end_epoch(self.train_epoch(self.length.plan_epoch(self.state))) or evaluation
             if self.state.step > self.state.evaluated_step:
                 # Stopped after its last step but before that epoch's evaluation (a stop signal in its last
                 # steps): end the epoch now, as the uninterrupted run did: evaluated, logged, chosen.
@@ -154,20 +155,24 @@ class Trainer:
         self.state.step += 1
         return samples
 
-    def end_epoch(self, train: dict) -> EvalResult:
-        """Evaluate; log the epoch's row (`train`: its loss, accuracy, samples, seconds and speed), choose
-        the model, go on to the next epoch (unless --max-steps stopped inside this one), checkpoint when due."""
-        started = time.perf_counter()
-        evaluation = self.splits.evaluate(self.module)
-        train["eval_seconds"] = time.perf_counter() - started
-        self.time_split.validation += train["eval_seconds"]
-        state = self.state
+    def end_epoch(self, train: dict) -> EvalResult | None:
+        """Evaluate when due (--val-every); log the epoch's row (`train`: its loss, accuracy, samples, seconds and
+        speed), choose the model, go on to the next epoch (unless --max-steps stopped inside this one), checkpoint
+        when due. Returns the evaluation, None for an epoch not evaluated."""
+        state, evaluation = self.state, None
+        if self.length.evaluates(state):
+            started = time.perf_counter()
+            evaluation = self.splits.evaluate(self.module)
+            train["eval_seconds"] = time.perf_counter() - started
+            self.time_split.validation += train["eval_seconds"]
         state.evaluated_step = state.step
         row = epoch_row(state.epoch, train, evaluation, self.splits.epoch_name)
         row |= self.utilization.rates(train["samples_per_second"])  # achieved FLOP/s, MFU
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
-        self.selection.after_evaluation(evaluation.accuracy, self.module)
+        if evaluation is not None:
+            since = self.length.epochs_since_evaluation(state.epoch)
+            self.selection.after_evaluation(evaluation.accuracy, self.module, since)
         if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0
             self.sums.reset()

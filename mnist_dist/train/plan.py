@@ -27,6 +27,7 @@ class RunLength:
     grad_accum_steps: int  # batches per optimizer step
     steps_per_epoch: int  # optimizer steps in a whole epoch: its batches on each rank / grad_accum_steps, rounded up
     total_steps: int  # epochs x steps_per_epoch, or --max-steps where that is fewer
+    val_every: int = 1  # epochs between evaluations (--val-every); the run's last epoch is always evaluated
 
     @classmethod
     def of(cls, config: Config, batches_per_epoch: int) -> "RunLength":
@@ -35,11 +36,20 @@ class RunLength:
         total_steps = config.epochs * steps_per_epoch
         if config.max_steps:
             total_steps = min(total_steps, config.max_steps)
-        return cls(config.epochs, config.grad_accum_steps, steps_per_epoch, total_steps)
+        return cls(config.epochs, config.grad_accum_steps, steps_per_epoch, total_steps, config.val_every)
 
     def reached(self, state: TrainingState) -> bool:
         """The epochs or --max-steps trained."""
         return state.epoch >= self.epochs or state.step >= self.total_steps
+
+    def evaluates(self, state: TrainingState) -> bool:
+        """Whether the epoch ending now (`state` after its steps) is evaluated: every val_every-th, and the last."""
+        last = state.epoch + 1 >= self.epochs or state.step >= self.total_steps
+        return last or (state.epoch + 1) % self.val_every == 0
+
+    def epochs_since_evaluation(self, epoch: int) -> int:
+        """Epochs from the evaluation before `epoch`'s (0-based) to its end: val_every, or fewer at the run's end."""
+        return epoch + 1 - epoch // self.val_every * self.val_every
 
     def plan_epoch(self, state: TrainingState) -> EpochPlan:
         """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""

@@ -44,21 +44,22 @@ class EpochSums:
         return {"loss": loss / samples, "accuracy": correct / samples, "samples": int(samples)}
 
 
-def epoch_row(epoch: int, train: dict, evaluation: EvalResult, split: str) -> dict:
+def epoch_row(epoch: int, train: dict, evaluation: EvalResult | None, split: str) -> dict:
     """`train`: the epoch's loss, accuracy, samples and seconds (all ranks) from the trainer, and
-    eval_seconds; `evaluation`: the epoch's on `split` (val, or test when nothing is held out)."""
-    return {
+    eval_seconds; `evaluation`: the epoch's on `split` (val, or test when nothing is held out), None for an
+    epoch not evaluated (--val-every), whose row has no `split` keys."""
+    row = {
         "epoch": epoch + 1,
         "train_loss": train["loss"],
         "train_accuracy": train["accuracy"],
-        f"{split}_loss": evaluation.loss,
-        f"{split}_accuracy": evaluation.accuracy,
         "train_samples": train["samples"],
-        f"{split}_samples": evaluation.count,
         "epoch_seconds": train["seconds"],  # training only; the evaluation's are {split}_seconds
-        f"{split}_seconds": train["eval_seconds"],
         "samples_per_second": train["samples_per_second"],  # of what this job trained in the epoch
     }
+    if evaluation is not None:
+        row[f"{split}_loss"], row[f"{split}_accuracy"] = evaluation.loss, evaluation.accuracy
+        row[f"{split}_samples"], row[f"{split}_seconds"] = evaluation.count, train["eval_seconds"]
+    return row
 
 
 def final_results(

@@ -1,6 +1,7 @@
 """Which weights a run keeps: those of its best validation accuracy, chosen on the held-out validation
-split (never on the test split, which reports the kept weights once, at the end). Early stopping
-watches the same number. Without a validation split (--val-size 0) the run keeps its last weights.
+split (never on the test split, which reports the kept weights once, at the end), among the epochs
+evaluated (all, or every --val-every and the last). Early stopping watches the same number. Without a
+validation split (--val-size 0) the run keeps its last weights.
 """
 
 import torch
@@ -18,8 +19,9 @@ class ModelSelection:
         self.on_validation = on_validation
         self.best_weights = best
 
-    def after_evaluation(self, accuracy: float, module: torch.nn.Module) -> None:
-        """An epoch's validation `accuracy` of `module`'s current weights."""
+    def after_evaluation(self, accuracy: float, module: torch.nn.Module, epochs: int = 1) -> None:
+        """The validation `accuracy` of `module`'s current weights, `epochs` after the previous evaluation
+        (--val-every): early stopping's patience counts epochs."""
         if not self.on_validation:
             return
         state = self.state
@@ -27,7 +29,7 @@ class ModelSelection:
             state.best_accuracy, state.best_step, state.epochs_since_best = accuracy, state.step, 0
             self.best_weights = cpu_weights(module)
         else:
-            state.epochs_since_best += 1
+            state.epochs_since_best += epochs
 
     def stopped_early(self) -> bool:
         return bool(self.patience) and self.state.epochs_since_best >= self.patience

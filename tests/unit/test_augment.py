@@ -26,6 +26,21 @@ def test_zero_shift_with_flip_mirrors_about_half_the_batch():
     assert all(m or k for m, k in zip(mirrored, kept)) and 4 < sum(mirrored) < 28
 
 
+def test_the_batched_gather_is_each_images_own_window_mirrored_where_drawn():
+    """random_shift against the plain definition, one image at a time: the padded image's window at (dy, dx),
+    flipped where bit 15 says so; channels, any shift, with and without flips."""
+    images = torch.randint(0, 256, (40, 3, 9, 7), dtype=torch.uint8)
+    draws = sample_draws(torch.arange(40), seed=5, epoch=2)
+    for shift, flip in ((0, True), (1, True), (2, False), (3, True)):
+        padded, size = torch.nn.functional.pad(images, (shift,) * 4), 2 * shift + 1
+        expected = []
+        for image, draw in zip(padded, draws.tolist()):
+            dy, dx = (draw & 0xFFFF) % size, (draw >> 16) % size
+            window = image[:, dy : dy + 9, dx : dx + 7]
+            expected.append(window.flip(2) if flip and (draw >> 15) & 1 else window)
+        assert torch.equal(random_shift(images, shift, flip, draws), torch.stack(expected)), (shift, flip)
+
+
 def test_draws_are_uniform_enough_and_differ_by_seed_and_epoch():
     draws = sample_draws(torch.arange(10_000), seed=3, epoch=0)
     for shifts in ((draws & 0xFFFF) % 5, (draws >> 16) % 5):  # dy and dx

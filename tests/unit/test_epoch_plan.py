@@ -49,3 +49,18 @@ def test_the_run_is_finished_after_its_epochs_or_by_early_stopping():
     state.epochs_since_best = patience
     assert finished(run, state, selection)
     assert finished(run, TrainingState(step=30, epoch=3), ModelSelection(TrainingState(), 0, True))
+
+
+def test_val_every_evaluates_every_nth_epoch_and_the_last():
+    run = length(10, epochs=10, val_every=4)
+    evaluated = [epoch + 1 for epoch in range(10) if run.evaluates(TrainingState(step=10 * (epoch + 1), epoch=epoch))]
+    assert evaluated == [4, 8, 10]
+    # Early stopping's patience counts epochs: each evaluation is this many after the one before.
+    assert [run.epochs_since_evaluation(epoch - 1) for epoch in evaluated] == [4, 4, 2]
+    assert all(length(10).evaluates(TrainingState(step=10 * (epoch + 1), epoch=epoch)) for epoch in range(3))
+
+
+def test_val_every_evaluates_where_max_steps_ends_the_run():
+    run = length(10, epochs=10, val_every=4, max_steps=15)
+    assert not run.evaluates(TrainingState(step=10, epoch=0))
+    assert run.evaluates(TrainingState(step=15, epoch=1, batches_done=5))  # inside epoch 1: the run's last step

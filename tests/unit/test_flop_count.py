@@ -176,6 +176,13 @@ def test_the_epoch_row_shows_gflops_and_mfu(capsys):
     assert unknown.split()[-2:] == ["-", "-"]
 
 
+def test_an_epoch_not_evaluated_shows_dashes_for_its_validation(capsys):
+    not_evaluated = {key: value for key, value in ROW.items() if not key.startswith("val_")}
+    TrainingConsole(enabled=True).end_epoch({**not_evaluated, "achieved_flops_per_second": None, "mfu": None}, "val")
+    header, row = capsys.readouterr().out.splitlines()
+    assert row.split()[:5] == ["1", "0.5000", "90.00%", "-", "-"]
+
+
 def test_the_summary_says_the_mfu_and_its_yardstick(capsys):
     results = {"test_accuracy": 0.9, "test_loss": 0.3, "kept": "last", "kept_step": 5, "seconds": 1.0}
     results |= {"epochs": 1, "steps": 5, "steps_per_epoch": 5, "train_flops_per_sample": 4.03e6}

@@ -71,3 +71,13 @@ def test_a_resumed_run_keeps_the_best_weights_its_checkpoint_held():
     selection = ModelSelection(state, patience=0, on_validation=True, best=best)
     evaluate(selection, module, 40, 0.85)
     assert selection.keep(module) == 10 and torch.all(module.weight == 7.0)
+
+
+def test_early_stopping_counts_epochs_when_only_some_are_evaluated():
+    module, state = torch.nn.Linear(2, 2), TrainingState()
+    selection = ModelSelection(state, patience=6, on_validation=True)  # --val-every 4: evaluated at 4, 8, 12
+    selection.after_evaluation(0.8, module, epochs=4)
+    selection.after_evaluation(0.8, module, epochs=4)
+    assert state.epochs_since_best == 4 and not selection.stopped_early()
+    selection.after_evaluation(0.7, module, epochs=4)
+    assert state.epochs_since_best == 8 and selection.stopped_early()
