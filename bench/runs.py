@@ -39,14 +39,16 @@ def run_train(args: list[str], processes: int = 1, threads: int | None = None, w
     whole-process seconds from launch until an epoch row at or above it appeared in metrics.jsonl.
 
     Time to accuracy is measured as published figures measure it (airbench, DAWNBench): on the test
-    split after each epoch, so the runs hold out no validation split (--val-size 0) and their epoch
-    rows carry test_accuracy. A benchmark is not model selection: nothing is chosen on these numbers."""
+    split after each epoch, so the runs hold out no validation split (--val-size 0) and evaluate every
+    epoch (--val-every 1): each epoch row carries test_accuracy. A benchmark is not model selection:
+    nothing is chosen on these numbers."""
     with tempfile.TemporaryDirectory() as folder:
         run_dir = Path(folder) / "run"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        command = train_command([*args, "--val-size", "0", "--run-dir", str(run_dir), "--wandb", "disabled"], processes)
+        flags = ["--val-size", "0", "--val-every", "1", "--run-dir", str(run_dir), "--wandb", "disabled"]
+        command = train_command([*args, *flags], processes)
         started = time.perf_counter()
         errors = (Path(folder) / "stderr").open("w+")  # a file, not a pipe: a full pipe would block the run
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)

@@ -72,9 +72,7 @@ class Config:
     )
     model: str = option("cnn", "model architecture (docs/TRAINING.md, Models and recipes)")
     epochs: int = option(3, "passes over the training set")
-    batch_size: int = option(
-        256, "images per optimizer step per process (global batch = this x processes x grad accum)"
-    )
+    batch_size: int = option(256, "images per optimizer step per process (global: this x processes x grad accum)")
     eval_batch_size: int = option(1000, "images per evaluation batch per process")
     lr: float = option(0.2, "learning rate (peak learning rate for onecycle)")
     optimizer: str = option("sgd", "optimizer (--momentum and --nesterov apply to sgd)")
@@ -89,8 +87,10 @@ class Config:
     label_smoothing: float = option(0.1, "cross-entropy label smoothing, 0..1")
     grad_accum_steps: int = option(1, "batches whose gradients are summed before one optimizer step")
     max_grad_norm: float = option(0.0, "clip the global gradient norm to this value; 0 disables")
-    early_stopping_patience: int = option(0, "stop after this many epochs without a better validation accuracy; 0: off")
-    val_every: int = option(1, "evaluate every this many epochs and after the last; the kept weights are from those")
+    early_stopping_patience: int = option(
+        0, "stop after this many epochs without a better validation accuracy (checked at evaluations); 0: off"
+    )
+    val_every: int = option(1, "evaluate every this many epochs and after the last; the kept weights are among them")
     augment: bool = option(
         False,
         "augment on the device: shifts up to 2 px (digit sets), flips (Fashion-MNIST), 4 px crop + flip (CIFAR-10); "

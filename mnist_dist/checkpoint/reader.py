@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from mnist_dist.checkpoint import trust
 from mnist_dist.checkpoint.layout import COMPLETE, complete_checkpoints, newest_checkpoint
 from mnist_dist.checkpoint.resize import Layout, convert_state, merged_sums, saved_layout
-from mnist_dist.checkpoint.state import COUNTERS, TrainingState, set_rng_states
+from mnist_dist.checkpoint.state import COUNTERS, LATER_FIELDS, TrainingState, set_rng_states
 from mnist_dist.config import Config
 from mnist_dist.errors import UserError, first_line
 
@@ -62,7 +62,8 @@ def state_from_json(saved: dict) -> TrainingState:
     """A TrainingState from state.json, each field of its type (and not negative where it counts)."""
     values = {}
     for field in fields(TrainingState):
-        value = saved.get(field.name, []) if field.name == "world_size_changes" else saved[field.name]  # a later field
+        later = field.name in LATER_FIELDS and field.name not in saved
+        value = LATER_FIELDS[field.name](saved) if later else saved[field.name]
         kinds = (int, float) if field.type is float else field.type  # an int is a float too (best_accuracy 1)
         if isinstance(value, bool) or not isinstance(value, kinds):
             raise TypeError(f"{field.name} is {value!r}, not {field.type}")

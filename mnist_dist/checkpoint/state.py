@@ -8,7 +8,10 @@ import numpy as np
 import torch
 
 # The TrainingState fields that count something: a checkpoint holding a negative one is damaged.
-COUNTERS = ("step", "epoch", "batches_done", "epochs_since_best", "evaluated_step")
+COUNTERS = ("step", "epoch", "batches_done", "epochs_since_best", "evaluated_step", "evaluated_epochs")
+# Fields that the state.json of earlier versions lacks -> their value there. Before --val-every every epoch was
+# evaluated, so the last evaluation was at the end of the last whole epoch.
+LATER_FIELDS = {"world_size_changes": lambda saved: [], "evaluated_epochs": lambda saved: saved["epoch"]}
 
 
 @dataclass
@@ -21,11 +24,12 @@ class TrainingState:
     best_accuracy: float = -1.0
     best_step: int = -1
     epochs_since_best: int = 0
-    evaluated_step: int = 0  # the step of the last epoch's end (evaluation, epoch row, model selection)
+    evaluated_step: int = 0  # the step of the last epoch's end (evaluation when due, epoch row, model selection)
+    evaluated_epochs: int = 0  # epochs trained at the last evaluation (--val-every): early stopping counts from it
     world_size: int = 1
     wandb_run_id: str | None = None
     # Each resume on another number of processes: {"step": ..., "from": old world size, "to": new one}
-    # (checkpoint/resize.py). Absent from the checkpoints of earlier versions: then empty.
+    # (checkpoint/resize.py). Absent from the checkpoints of earlier versions: then empty (LATER_FIELDS).
     world_size_changes: list = field(default_factory=list)
 
 

@@ -65,7 +65,7 @@ def random_shift(images: torch.Tensor, max_shift: int, flip: bool, draws: torch.
     index = (rows * padded_w + (cols + dx[:, None])[:, None, :]).view(n, 1, h * w)  # each pixel's place in padded
     # One gather over each image's flattened padded pixels: 2-5x faster than indexing with 4 index tensors
     # (bench/augment.py).
-    return padded.view(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+    return padded.reshape(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def mirrored(images: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:

@@ -103,9 +103,9 @@ def predict_split(
 
 
 class EvalSplits:
-    """What a run evaluates, each split sharded for this rank: after every epoch the validation split,
-    which chooses the kept weights, or the test split when nothing is held out (--val-size 0); at the
-    end the test split, once, for the kept weights."""
+    """What a run evaluates, each split sharded for this rank: after every epoch (or every --val-every) the
+    validation split, which chooses the kept weights, or the test split when nothing is held out
+    (--val-size 0); at the end the test split, once, for the kept weights."""
 
     def __init__(self, data: Data, config: Config, normalize: Normalizer, accelerator: Accelerator):
         rank, world_size = accelerator.process_index, accelerator.num_processes
@@ -128,7 +128,7 @@ class EvalSplits:
                 f"the test split ({len(self.test_set):,}) is evaluated once, at the end"
             )
         return (
-            "nothing held out (--val-size 0): each epoch is evaluated on the test split, the run keeps its last "
+            "nothing held out (--val-size 0): the epochs are evaluated on the test split, the run keeps its last "
             "weights, and nothing is chosen on the test split"
         )
 

@@ -164,9 +164,11 @@ def curves(metrics_log: Path | None, label_smoothing: float, out_dir: Path) -> P
     split = "val" if any("val_loss" in row for row in epochs) else "test"
     evaluated = [row for row in epochs if f"{split}_loss" in row]  # every epoch, or every --val-every and the last
     eval_x = [row["epoch"] for row in evaluated]
-    loss_axes.plot(eval_x, [row[f"{split}_loss"] for row in evaluated], "s-", color="#ff7f0e", label=split)
+    if evaluated:  # none yet in a run stopped before its first evaluation
+        loss_axes.plot(eval_x, [row[f"{split}_loss"] for row in evaluated], "s-", color="#ff7f0e", label=split)
     accuracy_axes.plot(x, [row["train_accuracy"] for row in epochs], "o-", color="#1f77b4", label="train")
-    accuracy_axes.plot(eval_x, [row[f"{split}_accuracy"] for row in evaluated], "s-", color="#ff7f0e", label=split)
+    if evaluated:
+        accuracy_axes.plot(eval_x, [row[f"{split}_accuracy"] for row in evaluated], "s-", color="#ff7f0e", label=split)
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.set_title(name)
         axes.legend(fontsize=8)

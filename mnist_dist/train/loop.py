@@ -51,7 +51,7 @@ class Trainer:
     info: DatasetInfo
     loader: TrainBatches  # this rank's training batches, shuffled anew each epoch
     normalize: Normalizer  # uint8 images -> normalized floats, on the device
-    splits: EvalSplits  # validation after each epoch, test at the end
+    splits: EvalSplits  # validation after each epoch (or every --val-every), test at the end
     length: RunLength  # steps per epoch and in all
     # The model
     module: torch.nn.Module  # the bare model, whose weights are saved and loaded: never "module." keys
@@ -88,7 +88,8 @@ class Trainer:
         evaluation = None
         with self.stop:
             while not self.finished():
-                evaluation = self.end_epoch(self.train_epoch(self.length.plan_epoch(self.state))) or evaluation
+                ended = self.end_epoch(self.train_epoch(self.length.plan_epoch(self.state)))
+                evaluation = evaluation if ended is None else ended  # None: an epoch not evaluated (--val-every)
             if self.state.step > self.state.evaluated_step:
                 # Stopped after its last step but before that epoch's evaluation (a stop signal in its last
                 # steps): end the epoch now, as the uninterrupted run did: evaluated, logged, chosen.
@@ -98,7 +99,7 @@ class Trainer:
             since = self.state.epochs_since_best
             epochs = "1 epoch" if since == 1 else f"{since} epochs"
             self.console.print(f"early stopping: no better validation accuracy for {epochs}")
-        if evaluation is None:  # resumed a run that had trained all its steps
+        if evaluation is None:  # resumed a run that had trained all its steps, or whose last epoch was not evaluated
             evaluation = self.splits.evaluate(self.module)
         return evaluation
 
@@ -171,7 +172,7 @@ class Trainer:
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
         if evaluation is not None:
-            since = self.length.epochs_since_evaluation(state.epoch)
+            since, state.evaluated_epochs = state.epoch + 1 - state.evaluated_epochs, state.epoch + 1
             self.selection.after_evaluation(evaluation.accuracy, self.module, since)
         if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0

@@ -47,10 +47,6 @@ class RunLength:
         last = state.epoch + 1 >= self.epochs or state.step >= self.total_steps
         return last or (state.epoch + 1) % self.val_every == 0
 
-    def epochs_since_evaluation(self, epoch: int) -> int:
-        """Epochs from the evaluation before `epoch`'s (0-based) to its end: val_every, or fewer at the run's end."""
-        return epoch + 1 - epoch // self.val_every * self.val_every
-
     def plan_epoch(self, state: TrainingState) -> EpochPlan:
         """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""
         done = state.batches_done // self.grad_accum_steps  # its optimizer steps taken before a resume

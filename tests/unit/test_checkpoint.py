@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from mnist_dist.checkpoint import writer
 from mnist_dist.checkpoint.layout import complete_checkpoints
-from mnist_dist.checkpoint.reader import DamagedCheckpoint, Target, candidates, resume
+from mnist_dist.checkpoint.reader import DamagedCheckpoint, Target, candidates, resume, state_from_json
 from mnist_dist.checkpoint.state import TrainingState
 from mnist_dist.checkpoint.trust import NothingToResume
 from mnist_dist.checkpoint.writer import CheckpointWriter, Contents
@@ -173,6 +173,15 @@ def test_an_edited_state_json_is_refused(run, saved, edited, error, message):
     state_file.write_text(state_file.read_text().replace(saved, edited))
     with pytest.raises(error, match=message):
         run.resume(str(path))
+
+
+def test_the_state_json_of_an_earlier_version_loads_with_its_later_fields_filled_in():
+    written = {**dataclasses.asdict(TrainingState(step=30, epoch=3, evaluated_step=30)), "epochs_since_best": 1}
+    for later in ("world_size_changes", "evaluated_epochs"):  # fields added since: absent there
+        del written[later]
+    state = state_from_json(written)
+    # Every epoch was evaluated then: the last evaluation ended the last whole epoch.
+    assert (state.world_size_changes, state.evaluated_epochs, state.epochs_since_best) == ([], 3, 1)
 
 
 def test_a_onecycle_run_cannot_be_stretched_on_resume(accelerator, tmp_path):

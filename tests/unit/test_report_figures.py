@@ -71,3 +71,19 @@ def test_report_md_names_the_commit_that_trained_and_the_one_that_evaluated():
     line = commits_markdown({"trained_git_commit": "abc123", "git_commit": "def456", "git_dirty": True})
     assert line == "Trained at commit `abc123`; evaluated at commit `def456` with uncommitted changes."
     assert commits_markdown({"trained_git_commit": "", "git_commit": ""}).count("unknown") == 2
+
+
+def test_curves_draw_validation_at_the_evaluated_epochs_only(drawn, tmp_path):
+    """--val-every 2: epoch 1's row has no val keys; the val line has epoch 2 and 3's points, train all three."""
+    rows = [
+        {"type": "epoch", "epoch": e, "step": 10 * e, "train_loss": 1 / e, "train_accuracy": 0.5} for e in (1, 2, 3)
+    ]
+    for row in rows[1:]:
+        row |= {"val_loss": 0.9 / row["epoch"], "val_accuracy": 0.6}
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    figures.curves(log, 0.0, tmp_path)
+    panels = {axes.get_title(): axes for axes in drawn["curves.png"].axes}
+    train, val = panels["accuracy"].get_lines()
+    assert (list(train.get_xdata()), list(val.get_xdata())) == ([1, 2, 3], [2, 3])
+    assert [line.get_label() for line in panels["loss"].get_lines()] == ["train", "val"]
