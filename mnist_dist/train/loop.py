@@ -172,8 +172,7 @@ class Trainer:
         self.console.end_epoch(row, self.splits.epoch_name)
         self.tracker.log("epoch", state.step, row)
         if evaluation is not None:
-            since, state.evaluated_epochs = state.epoch + 1 - state.evaluated_epochs, state.epoch + 1
-            self.selection.after_evaluation(evaluation.accuracy, self.module, since)
+            self.selection.after_evaluation(evaluation.accuracy, self.module)
         if state.batches_done >= self.loader.batches_per_epoch:  # not when --max-steps stopped inside the epoch
             state.epoch, state.batches_done = state.epoch + 1, 0
             self.sums.reset()

@@ -4,7 +4,7 @@ goes on, where --max-steps ends one, and when the run is over.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mnist_dist.checkpoint.state import TrainingState
 from mnist_dist.config import Config
@@ -44,8 +44,8 @@ class RunLength:
 
     def evaluates(self, state: TrainingState) -> bool:
         """Whether the epoch ending now (`state` after its steps) is evaluated: every val_every-th, and the last."""
-        last = state.epoch + 1 >= self.epochs or state.step >= self.total_steps
-        return last or (state.epoch + 1) % self.val_every == 0
+        ended = replace(state, epoch=state.epoch + 1)
+        return self.reached(ended) or ended.epoch % self.val_every == 0
 
     def plan_epoch(self, state: TrainingState) -> EpochPlan:
         """The rest of the current epoch: all of it, unless resuming inside it or --max-steps ends it early."""

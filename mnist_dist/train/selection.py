@@ -19,12 +19,13 @@ class ModelSelection:
         self.on_validation = on_validation
         self.best_weights = best
 
-    def after_evaluation(self, accuracy: float, module: torch.nn.Module, epochs: int = 1) -> None:
-        """The validation `accuracy` of `module`'s current weights, `epochs` after the previous evaluation
-        (--val-every): early stopping's patience counts epochs."""
+    def after_evaluation(self, accuracy: float, module: torch.nn.Module) -> None:
+        """The validation `accuracy` of `module`'s current weights at the end of `state.epoch` (0-based).
+        Early stopping's patience counts epochs: those since the previous evaluation (--val-every)."""
+        state = self.state
+        epochs, state.evaluated_epochs = state.epoch + 1 - state.evaluated_epochs, state.epoch + 1
         if not self.on_validation:
             return
-        state = self.state
         if accuracy > state.best_accuracy:
             state.best_accuracy, state.best_step, state.epochs_since_best = accuracy, state.step, 0
             self.best_weights = cpu_weights(module)

@@ -11,7 +11,7 @@ def evaluate(selection: ModelSelection, module: torch.nn.Module, step: int, accu
     """An epoch that ends at `step`, its weights moved so that each epoch's differ."""
     with torch.no_grad():
         module.weight.fill_(step)
-    selection.state.step = step
+    selection.state.step, selection.state.epoch = step, step // 10 - 1  # 10 steps an epoch
     selection.after_evaluation(accuracy, module)
 
 
@@ -76,8 +76,10 @@ def test_a_resumed_run_keeps_the_best_weights_its_checkpoint_held():
 def test_early_stopping_counts_epochs_when_only_some_are_evaluated():
     module, state = torch.nn.Linear(2, 2), TrainingState()
     selection = ModelSelection(state, patience=6, on_validation=True)  # --val-every 4: evaluated at 4, 8, 12
-    selection.after_evaluation(0.8, module, epochs=4)
-    selection.after_evaluation(0.8, module, epochs=4)
+    for epoch in (3, 7):  # 0-based: the 4th and the 8th
+        state.epoch = epoch
+        selection.after_evaluation(0.8, module)
     assert state.epochs_since_best == 4 and not selection.stopped_early()
-    selection.after_evaluation(0.7, module, epochs=4)
+    state.epoch = 11
+    selection.after_evaluation(0.7, module)
     assert state.epochs_since_best == 8 and selection.stopped_early()
